@@ -1,0 +1,36 @@
+# One command to serve, one to test, on a fresh machine. Both create the virtual environment on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: serve test bench browser clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(HAS_GPU),yes)
+	$(PIP) install -q torch
+else
+	$(PIP) install -q torch==2.13.0   # the CPU build (an unpinned torch pulls a multi-GB CUDA build)
+endif
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+serve: $(VENV)/.installed          ## start the service on http://127.0.0.1:8000 (demo model unless configured)
+	$(VENV)/bin/flux-service serve
+
+test: $(VENV)/.installed browser   ## run the whole test suite
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed          ## run the benchmarks (see docs/benchmarks.md)
+	$(PY) bench/engine_overhead.py
+	$(PY) bench/http_overhead.py
+
+browser:                           ## Debian's Chromium for the browser test (needs root or an installed chromium)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install chromium' (the browser test needs it)"; exit 1; fi; }
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,310 @@
+"""The engine: one resident FLUX pipeline, its resident LoRA adapters, and ``generate``.
+
+Setup once, predict many (cog-flux's ``setup``/``predict``): ``FluxEngine.from_settings`` loads the model
+and every adapter the task table names, so a bad configuration fails at start-up, never on a request;
+``generate`` only reads parameters, switches the active adapter and runs diffusers. The same object serves
+the HTTP app, the CLI, ``ModelManager`` and ``FluxPipeline`` (and later a Ray Serve deployment): it knows
+nothing about HTTP. It is not re-entrant; a lock serialises callers that share it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .adapters import AdapterStrategy, PeftAdapters
+from .errors import AdapterError, InvalidRequest, OutOfMemory
+from .lora_files import read_lora, resolve_weights_file
+from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
+from .prompt_check import check_prompt
+from .settings import Settings
+from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskConfig, TaskTable, load_task_table
+from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
+
+logger = logging.getLogger(__name__)
+
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ResidentAdapter:
+    name: str
+    file: Path
+    format: str
+    rank: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request with every default filled in and every limit checked: what ``generate`` will do."""
+
+    prompt: str
+    task: str | None
+    adapter: ResidentAdapter | None
+    lora_scale: float
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    notes: tuple[str, ...] = ()
+
+
+class FluxEngine:
+    def __init__(self, pipe, source: ModelSource, settings: Settings, device: str, dtype,
+                 tasks: TaskTable | None = None, adapters: AdapterStrategy | None = None) -> None:
+        self.pipe = pipe
+        self.source = source
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self.tasks = tasks or TaskTable(source=Path("<none>"))
+        self.adapters: AdapterStrategy = adapters or PeftAdapters(pipe)
+        self._resident: dict[Path, ResidentAdapter] = {}
+        self._lock = threading.Lock()
+        self._fault: BaseException | None = None
+        _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
+        for task in self.tasks.tasks.values():
+            if task.lora:
+                try:
+                    self._adapter_for(self._task_lora_path(task))
+                except AdapterError as exc:
+                    raise type(exc)(f"task {task.name!r}: {exc.message}", path=exc.path) from None
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, *, model_path: str | Path | None = None,
+                      with_tasks: bool = True, default_path_means_demo: bool = False) -> "FluxEngine":
+        settings = settings or Settings()
+        tasks = load_task_table(settings.resolved_tasks_file()) if with_tasks else None
+        source = resolve_model_source(settings, model_path, default_path_means_demo=default_path_means_demo)
+        device, dtype = pick_device(settings)
+        started = time.perf_counter()
+        pipe = load_pipeline(source, device, dtype)
+        engine = cls(pipe, source, settings, device, dtype, tasks)
+        logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident, %.1fs%s",
+                    source.label, source.model_type, device, str(dtype).removeprefix("torch."),
+                    len(engine.tasks.tasks), len(engine._resident), time.perf_counter() - started,
+                    "  [DEMO MODEL: random weights]" if source.demo else "")
+        return engine
+
+    @property
+    def is_demo(self) -> bool:
+        return self.source.demo
+
+    # ---------------------------------------------------------------- adapters
+    def _task_lora_path(self, task: TaskConfig) -> Path:
+        p = Path(task.lora)
+        return p if p.is_absolute() else self.source.models_root / p
+
+    def locate_lora(self, path: str | Path) -> tuple[Path, str | None]:
+        """Python API paths: on the demo model, ``models/lora/...`` means the demo's own LoRA folder."""
+        p = Path(path)
+        if p.exists() or not self.is_demo:
+            return p, None
+        try:
+            rel = p.relative_to(self.settings.models_dir)
+        except ValueError:
+            return p, None
+        demo_p = self.source.models_root / rel
+        if demo_p.exists():
+            note = f"demo model: {p} is absent, using the demo LoRA {demo_p} instead"
+            logger.warning(note)
+            return demo_p, note
+        return p, None
+
+    def _adapter_for(self, path: Path) -> ResidentAdapter:
+        """Load a LoRA once; later calls with the same file get the resident adapter (never re-read)."""
+        weights = resolve_weights_file(path).resolve()
+        if weights in self._resident:
+            return self._resident[weights]
+        lora = read_lora(weights)
+        base = (weights.parent.name if weights.name in ("pytorch_lora_weights.safetensors",
+                                                        "adapter_model.safetensors") else weights.stem)
+        name, n = base, 2
+        taken = {a.name for a in self._resident.values()}
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        started = time.perf_counter()
+        self.adapters.load(name, lora)
+        adapter = ResidentAdapter(name=name, file=weights, format=lora.format, rank=lora.rank)
+        self._resident[weights] = adapter
+        logger.info("LoRA loaded: %s as adapter %r (%s layout, rank %d%s, %d layers, %.2fs)", weights, name,
+                    lora.format, lora.rank, f", alpha {lora.alpha:g}" if lora.alpha is not None else "",
+                    len(lora.modules), time.perf_counter() - started)
+        return adapter
+
+    def resident_adapters(self) -> list[ResidentAdapter]:
+        return list(self._resident.values())
+
+    # ---------------------------------------------------------------- requests
+    def plan(self, req: GenerationRequest) -> Plan:
+        """Validate and fill defaults; cheap, touches no tensor (diffusers' ``check_inputs`` idea)."""
+        s = self.settings
+        if not isinstance(req.prompt, str) or not req.prompt.strip():
+            raise InvalidRequest("`prompt` must be a non-empty string", param="prompt")
+        if len(req.prompt) > s.max_prompt_chars:
+            raise InvalidRequest(f"`prompt` is {len(req.prompt)} characters; the limit is {s.max_prompt_chars}",
+                                 param="prompt")
+        task = self.tasks.get(req.task) if req.task is not None else None
+        notes: list[str] = []
+        adapter: ResidentAdapter | None = None
+        default_alpha = 0.0
+        if req.lora_path is not None:
+            if task is not None and task.lora:
+                raise InvalidRequest(f"task {task.name!r} already has a LoRA; pass either `task` or `lora_path`",
+                                     param="lora_path")
+            located, note = self.locate_lora(req.lora_path)
+            if note:
+                notes.append(note)
+            adapter, default_alpha = self._adapter_for(located), 1.0
+        elif task is not None and task.lora:
+            adapter, default_alpha = self._adapter_for(self._task_lora_path(task)), task.lora_alpha
+        scale = default_alpha
+        if req.lora_alpha is not None:
+            if adapter is None:
+                with_lora = [t for t, c in self.tasks.tasks.items() if c.lora]
+                where = f"task {task.name!r} uses no LoRA" if task else "no LoRA is in play (no task given)"
+                raise InvalidRequest(f"`lora_alpha` was given but {where}, so it would have no effect; drop it, "
+                                     f"or pick a task with a LoRA ({', '.join(with_lora) or 'none configured'})",
+                                     param="lora_alpha")
+            if not MIN_LORA_ALPHA <= req.lora_alpha <= MAX_LORA_ALPHA:
+                raise InvalidRequest(f"`lora_alpha` must be between {MIN_LORA_ALPHA} and {MAX_LORA_ALPHA}, "
+                                     f"got {req.lora_alpha}", param="lora_alpha")
+            scale = float(req.lora_alpha)
+        width = req.width if req.width is not None else (task.width if task else 1024)
+        height = req.height if req.height is not None else (task.height if task else 1024)
+        for name, value in (("width", width), ("height", height)):
+            if value % 16:
+                raise InvalidRequest(f"`{name}` must be a multiple of 16, got {value}", param=name)
+            if not s.min_size <= value <= s.max_size:
+                raise InvalidRequest(f"`{name}` must be between {s.min_size} and {s.max_size}, got {value}",
+                                     param=name)
+        steps = req.num_inference_steps or (task.num_inference_steps if task else None) or self.default_steps
+        if not 1 <= steps <= s.max_steps:
+            raise InvalidRequest(f"`num_inference_steps` must be between 1 and {s.max_steps}, got {steps}",
+                                 param="num_inference_steps")
+        guidance = req.guidance_scale
+        if guidance is None:
+            guidance = task.guidance_scale if task and task.guidance_scale is not None else self.default_guidance
+        if not 0.0 <= guidance <= MAX_GUIDANCE:
+            raise InvalidRequest(f"`guidance_scale` must be between 0 and {MAX_GUIDANCE}, got {guidance}",
+                                 param="guidance_scale")
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {seed}", param="seed")
+        prompt = task.render_prompt(req.prompt) if task else req.prompt
+        return Plan(prompt=prompt, task=task.name if task else None, adapter=adapter, lora_scale=scale if adapter else 0.0,
+                    width=width, height=height, num_inference_steps=steps, guidance_scale=float(guidance),
+                    seed=seed, notes=tuple(notes))
+
+    def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+        """Make one image. ``progress(step, total)`` may raise Cancelled/DeadlineExceeded to stop it."""
+        import torch
+
+        with self._lock:
+            plan = self.plan(req)
+            report = check_prompt(self.pipe.tokenizer, self.pipe.tokenizer_2, plan.prompt,
+                                  self.settings.max_sequence_length)
+            warnings = list(plan.notes) + report.warnings
+            if self.is_demo:
+                warnings.append("demo model: random weights, noise-like picture; set FLUX_MODEL_PATH for real images")
+            for w in report.warnings:
+                logger.warning("prompt: %s", w)
+            total = plan.num_inference_steps
+            marks: list[float] = []
+            started = time.perf_counter()
+
+            def on_step_end(_pipe, i, _t, _kwargs):
+                marks.append(time.perf_counter())
+                if self._fault is not None:
+                    fault, self._fault = self._fault, None
+                    raise fault
+                if progress is not None:
+                    progress(i + 1, total)
+                return {}
+
+            if progress is not None:
+                progress(0, total)
+            self.adapters.activate(plan.adapter.name if plan.adapter else None, plan.lora_scale)
+            try:
+                out = self.pipe(
+                    prompt=plan.prompt,
+                    width=plan.width,
+                    height=plan.height,
+                    num_inference_steps=total,
+                    guidance_scale=plan.guidance_scale,
+                    generator=torch.Generator(device="cpu").manual_seed(plan.seed),
+                    max_sequence_length=self.settings.max_sequence_length,
+                    callback_on_step_end=on_step_end,
+                )
+            except torch.OutOfMemoryError as exc:
+                del exc
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                logger.error("out of memory generating %dx%d (%d steps); memory released",
+                             plan.width, plan.height, total)
+                raise OutOfMemory(f"the GPU ran out of memory for a {plan.width}x{plan.height} image; memory was "
+                                  "released, try a smaller size or retry later") from None
+            image = out.images[0]
+            ended = time.perf_counter()
+
+        timings = {"total_s": round(ended - started, 4)}
+        if marks:
+            step_mean = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else marks[0] - started
+            timings.update(step_mean_s=round(step_mean, 4), decode_s=round(ended - marks[-1], 4),
+                           encode_s=round(max(marks[0] - started - step_mean, 0.0), 4))
+        info = GenerationInfo(
+            task=plan.task,
+            adapter_name=plan.adapter.name if plan.adapter else None,
+            adapter_file=plan.adapter.file.name if plan.adapter else None,
+            lora_scale=plan.lora_scale,
+            seed=plan.seed,
+            width=plan.width,
+            height=plan.height,
+            num_inference_steps=total,
+            guidance_scale=plan.guidance_scale,
+            prompt=plan.prompt,
+            model=self.source.label,
+            model_type=self.source.model_type,
+            demo=self.is_demo,
+            device=self.device,
+            dtype=str(self.dtype).removeprefix("torch."),
+            warnings=warnings,
+            timings=timings,
+        )
+        lora = (f"{info.adapter_file} (adapter={info.adapter_name}, alpha={info.lora_scale:g})"
+                if info.adapter_name and info.lora_scale else
+                f"off (alpha=0 for {info.adapter_file})" if info.adapter_name else "no LoRA")
+        logger.info("generated task=%s LoRA: %s seed=%d size=%dx%d steps=%d guidance=%g time=%.2fs%s",
+                    info.task or "-", lora, info.seed, info.width, info.height, total, info.guidance_scale,
+                    timings["total_s"], "  [DEMO MODEL]" if self.is_demo else "")
+        return GenerationResult(image=image, info=info)
+
+    # ---------------------------------------------------------------- introspection
+    def task_infos(self) -> list[TaskInfo]:
+        out = []
+        for t in self.tasks.tasks.values():
+            adapter = self._resident.get(resolve_weights_file(self._task_lora_path(t)).resolve()) if t.lora else None
+            out.append(TaskInfo(
+                name=t.name, description=t.description,
+                adapter_name=adapter.name if adapter else None,
+                adapter_file=adapter.file.name if adapter else None,
+                lora_alpha=t.lora_alpha if adapter else 0.0,
+                trigger_words=list(t.trigger_words), prompt_template=t.prompt_template,
+                width=t.width, height=t.height,
+                num_inference_steps=t.num_inference_steps or self.default_steps,
+                guidance_scale=t.guidance_scale if t.guidance_scale is not None else self.default_guidance,
+            ))
+        return out
+
+    def inject_fault_once(self, fault: BaseException) -> None:
+        """Test hook: raise ``fault`` from inside the next denoising step (e.g. a torch.OutOfMemoryError)."""
+        self._fault = fault

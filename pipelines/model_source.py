@@ -1,0 +1,104 @@
+"""Where the base model comes from (a real folder or the embedded demo), and loading it onto a device.
+
+Why in one place: "which model is serving" must never be a surprise. A configured path that does not
+exist is an error that says how to get the weights; the demo model is used only when nothing is configured
+and ``models/flux1-dev`` is absent, and then it is announced with a warning log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .demo_model import ensure_demo_model
+from .errors import ModelUnavailable
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: model_type -> (default folder under models/, Hugging Face repo, default steps, default guidance)
+MODEL_TYPES = {
+    "flux1": ("flux1-dev", "black-forest-labs/FLUX.1-dev", 28, 3.5),
+    "flux1-schnell": ("flux1-schnell", "black-forest-labs/FLUX.1-schnell", 4, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path  # the diffusers pipeline folder
+    models_root: Path  # what task LoRA paths are relative to
+    demo: bool
+    model_type: str
+
+    @property
+    def label(self) -> str:
+        return "demo" if self.demo else str(self.path)
+
+
+def download_hint(model_type: str, path: Path | str) -> str:
+    _, repo, _, _ = MODEL_TYPES[model_type]
+    return (f"download the weights with `huggingface-cli download {repo} --local-dir {path}` "
+            f"(accept the licence on the model page first), or set FLUX_MODEL_PATH to an existing folder")
+
+
+def resolve_model_source(settings: Settings, model_path: Path | str | None = None,
+                         *, default_path_means_demo: bool = False) -> ModelSource:
+    """Decide which model serves. ``model_path`` (Python API) overrides ``settings.model_path``."""
+    folder, _, _, _ = MODEL_TYPES[settings.model_type]
+    default = settings.models_dir / folder
+    explicit = Path(model_path) if model_path is not None else settings.model_path
+    if explicit is not None and not (default_path_means_demo and Path(explicit) == default and not default.exists()):
+        if not Path(explicit).is_dir():
+            raise ModelUnavailable(f"model folder {explicit} does not exist: {download_hint(settings.model_type, explicit)}",
+                                   param="model_path")
+        return ModelSource(Path(explicit), settings.models_dir, False, settings.model_type)
+    if default.is_dir():
+        return ModelSource(default, settings.models_dir, False, settings.model_type)
+    if not settings.allow_demo:
+        raise ModelUnavailable(f"no model configured and {default} is absent (demo model disabled by "
+                               f"FLUX_ALLOW_DEMO=false): {download_hint(settings.model_type, default)}")
+    root = ensure_demo_model(settings.demo_cache_dir)
+    logger.warning("DEMO MODEL: no FLUX weights configured and %s is absent; serving the embedded demo model "
+                   "(random weights, noise-like pictures) from %s. For real images: %s",
+                   default, root, download_hint(settings.model_type, default))
+    return ModelSource(root / "flux1-dev", root, True, settings.model_type)
+
+
+def pick_device(settings: Settings) -> tuple[str, "object"]:
+    """auto: CUDA + bfloat16 when a GPU is there, else CPU + float32; both overridable."""
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailable(f"device {device!r} requested but CUDA is not available", param="device")
+    dtype_name = settings.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, getattr(torch, dtype_name)
+
+
+def load_pipeline(source: ModelSource, device: str, dtype):
+    """``diffusers.FluxPipeline.from_pretrained`` from a local folder; never reaches a hub."""
+    from diffusers import FluxPipeline
+
+    index = source.path / "model_index.json"
+    if not index.is_file():
+        raise ModelUnavailable(f"{source.path} is not a diffusers pipeline folder (no model_index.json): "
+                               + download_hint(source.model_type, source.path))
+    try:
+        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except json.JSONDecodeError as exc:
+        raise ModelUnavailable(f"{index} is not valid JSON ({exc})") from None
+    if cls != "FluxPipeline":
+        raise ModelUnavailable(f"{source.path} holds a {cls}, not a FluxPipeline (FLUX.1-dev/schnell layout expected)")
+    try:
+        pipe = FluxPipeline.from_pretrained(str(source.path), torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelUnavailable(f"could not load FLUX from {source.path}: {exc}") from None
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,102 @@
+"""What goes into a generation and what comes out: small dataclasses shared by every caller.
+
+Why dataclasses and not dicts: the HTTP headers, the CLI output, the log line and the users' scripts all
+read the same fields, and a typo in a field name should fail at once, not produce a silent ``None``.
+Field names follow diffusers' vocabulary (``num_inference_steps``, ``guidance_scale``, ``lora_scale``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # PIL is imported lazily at run time
+    from PIL.Image import Image
+
+#: Called as ``progress(step, total)`` after every denoising step (and once with ``step=0`` before the
+#: first). It may raise ``Cancelled`` or ``DeadlineExceeded`` to stop the generation at that step.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to make. ``None`` means "the task's default, else the model type's default"."""
+
+    prompt: str
+    task: str | None = None  # None: the base model, no LoRA
+    lora_alpha: float | None = None  # the LoRA strength (diffusers: lora_scale); None: the task default
+    width: int | None = None
+    height: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None  # None: a random seed, always reported
+    #: Python API only (``FluxPipeline.generate(lora_path=...)``); the HTTP app never sets it.
+    lora_path: str | None = None
+
+
+@dataclass
+class GenerationInfo:
+    """Everything that decided the pixels, plus what went wrong quietly elsewhere (``warnings``)."""
+
+    task: str | None
+    adapter_name: str | None  # None: no LoRA was active
+    adapter_file: str | None
+    lora_scale: float  # 0.0 when no LoRA was active
+    seed: int
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    prompt: str  # the prompt as sent to the model (after the task's template / trigger words)
+    model: str  # model folder, or "demo"
+    model_type: str
+    demo: bool
+    device: str
+    dtype: str
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, denoise, decode, total
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+
+
+@dataclass
+class GenerationResult:
+    image: "Image"
+    info: GenerationInfo
+
+    def png_bytes(self) -> bytes:
+        """PNG with the generation parameters embedded as a text chunk (like other FLUX front ends do)."""
+        import io
+
+        from PIL.PngImagePlugin import PngInfo
+
+        meta = PngInfo()
+        meta.add_itxt("flux-service", self.info.to_json())
+        buf = io.BytesIO()
+        self.image.save(buf, format="PNG", pnginfo=meta)
+        return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One row of the task table as clients see it (no absolute paths leak out)."""
+
+    name: str
+    description: str
+    adapter_name: str | None
+    adapter_file: str | None
+    lora_alpha: float
+    trigger_words: list[str]
+    prompt_template: str
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)

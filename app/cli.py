@@ -1,0 +1,306 @@
+"""``flux-service``: the command line (generate, compare, lora inspect, tasks, serve).
+
+Why a CLI next to the HTTP service: the users' old workflow was a script that saved
+``test_without_lora.png`` and ``test_with_lora.png``; ``compare`` does that in one command, and
+``lora inspect`` answers "will this LoRA file work with my model?" before a server is started.
+Heavy imports (torch, diffusers) happen inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("flux_service.cli")
+
+
+def _settings(args):
+    from pipelines.settings import Settings
+
+    overrides = {}
+    for field in ("model_path", "model_type", "tasks_file", "device", "dtype"):
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = value
+    return Settings(**overrides)
+
+
+def _engine(args):
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    from pipelines.engine import FluxEngine
+
+    return FluxEngine.from_settings(_settings(args))
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    state: dict = {}
+
+    def progress(step: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
+        bar = state["bar"]
+        bar.update(step - bar.n)
+        if step >= total:
+            bar.close()
+
+    return progress
+
+
+def _request(args, **overrides):
+    from pipelines.types import GenerationRequest
+
+    fields = dict(prompt=args.prompt, task=args.task, lora_alpha=args.lora_alpha, width=args.width,
+                  height=args.height, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+    fields.update(overrides)
+    return GenerationRequest(**fields)
+
+
+def _print_info(info, path: Path) -> None:
+    lora = f"{info.adapter_file} (adapter {info.adapter_name}, alpha={info.lora_scale:g})" if info.adapter_name \
+        else "no LoRA"
+    print(f"saved {path}  task={info.task or '-'}  LoRA: {lora}  seed={info.seed}  {info.width}x{info.height}  "
+          f"steps={info.num_inference_steps}  guidance={info.guidance_scale:g}  {info.timings.get('total_s', 0):.2f}s"
+          + ("  [DEMO MODEL]" if info.demo else ""))
+    for w in info.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def cmd_generate(args) -> int:
+    engine = _engine(args)
+    result = engine.generate(_request(args), progress=_progress_bar("denoising"))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.png_bytes())
+    _print_info(result.info, out)
+    if args.json:
+        print(result.info.to_json())
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Same seed, same prompt, same settings: the task's LoRA at its strength, then at strength 0 (exactly
+    the base model), side by side in one PNG."""
+    from pipelines.errors import InvalidRequest
+
+    engine = _engine(args)
+    task = engine.tasks.get(args.task)
+    if not task.lora:
+        raise InvalidRequest(f"task {args.task!r} uses no LoRA; nothing to compare", param="task")
+    with_lora = engine.generate(_request(args), progress=_progress_bar("with LoRA"))
+    seed = with_lora.info.seed
+    without = engine.generate(_request(args, seed=seed, lora_alpha=0.0), progress=_progress_bar("without LoRA"))
+    sheet = side_by_side(
+        [(without.image, "without LoRA"),
+         (with_lora.image, f"with {with_lora.info.adapter_name} @ {with_lora.info.lora_scale:g}")],
+        footer=f"seed {seed}  {with_lora.info.width}x{with_lora.info.height}  steps {with_lora.info.num_inference_steps}"
+               + ("  DEMO MODEL" if engine.is_demo else ""),
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    if args.separate:
+        without.image.save(out.with_name("test_without_lora.png"))
+        with_lora.image.save(out.with_name("test_with_lora.png"))
+    print(f"saved {out} (left: without LoRA, right: with {with_lora.info.adapter_file} at "
+          f"alpha={with_lora.info.lora_scale:g}; seed {seed})" + ("  [DEMO MODEL]" if engine.is_demo else ""))
+    for w in with_lora.info.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def side_by_side(images, footer: str = ""):
+    """Images in a row with a caption under each (PIL only, default font)."""
+    from PIL import Image, ImageDraw
+
+    pad, caption = 8, 22
+    width = sum(im.width for im, _ in images) + pad * (len(images) + 1)
+    height = max(im.height for im, _ in images) + pad * 2 + caption * 2
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    x = pad
+    for im, label in images:
+        sheet.paste(im.convert("RGB"), (x, pad))
+        draw.text((x, pad + im.height + 4), label, fill="black")
+        x += im.width + pad
+    if footer:
+        draw.text((pad, height - caption + 2), footer, fill="gray")
+    return sheet
+
+
+def cmd_lora_inspect(args) -> int:
+    """Describe a LoRA file and check it against the configured model without loading the model's weights."""
+    from pipelines.errors import AdapterError, FluxServiceError
+    from pipelines.lora_files import check_fits, linear_shapes, read_lora
+
+    lora = read_lora(args.path)
+    modules = lora.modules
+    groups: dict[str, int] = {}
+    for m in modules:
+        key = ".".join(p for p in m.split(".") if not p.isdigit())
+        groups[key] = groups.get(key, 0) + 1
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in lora.state_dict.values()})
+    report = {
+        "file": str(lora.path),
+        "format": lora.format,
+        "rank": lora.rank,
+        "alpha": lora.alpha if lora.alpha is not None else f"{lora.rank} (= rank; none stored)",
+        "tensors": len(lora.state_dict),
+        "layers": len(modules),
+        "target_modules": groups,
+        "dtype": dtypes,
+        "size_mb": round(lora.size_bytes / 2**20, 2),
+        "notes": lora.notes,
+    }
+    fits, reason = None, ""
+    try:
+        shapes, model_label = _model_linear_shapes(_settings(args))
+        check_fits(lora, shapes)
+        fits, reason = True, f"every tensor matches a layer of {model_label}"
+    except AdapterError as exc:
+        fits, reason = False, exc.message
+    except FluxServiceError as exc:
+        reason = f"could not check: {exc.message}"
+    report["fits_configured_model"] = fits
+    report["fit_detail"] = reason
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        for k, v in report.items():
+            if k == "target_modules":
+                v = ", ".join(f"{name} x{n}" for name, n in sorted(v.items()))
+            print(f"{k:>22}: {v}")
+    return 0 if fits else 1
+
+
+def _model_linear_shapes(settings):
+    """Linear layer shapes of the configured transformer, built on the meta device (no weights read)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from pipelines.lora_files import linear_shapes
+    from pipelines.model_source import resolve_model_source
+
+    source = resolve_model_source(settings)
+    config = FluxTransformer2DModel.load_config(str(source.path / "transformer"))
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(config)
+    return linear_shapes(transformer), source.label
+
+
+def cmd_tasks(args) -> int:
+    from pipelines.tasks import load_task_table
+
+    settings = _settings(args)
+    table = load_task_table(settings.resolved_tasks_file())
+    rows = [("task", "LoRA", "strength", "size", "steps", "guidance", "description")]
+    for t in table.tasks.values():
+        rows.append((t.name, t.lora or "none", f"{t.lora_alpha:g}" if t.lora else "-", f"{t.width}x{t.height}",
+                     str(t.num_inference_steps or "model"), f"{t.guidance_scale:g}" if t.guidance_scale is not None
+                     else "model", t.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    print(f"\n(from {table.source}; a request's lora_alpha overrides the strength for that request)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(args).model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
+                                                  if v is not None})
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flux-service",
+        description="FLUX.1 image generation with per-task LoRA adapters. Settings come from FLUX_* environment "
+                    "variables (see README); options below override them. With no model configured and no "
+                    "models/flux1-dev folder, the embedded demo model (random weights) is used.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_opts(sp):
+        sp.add_argument("--model-path", dest="model_path", help="diffusers-format FLUX folder (FLUX_MODEL_PATH)")
+        sp.add_argument("--model-type", dest="model_type", choices=["flux1", "flux1-schnell"])
+        sp.add_argument("--tasks-file", dest="tasks_file", help="task table (FLUX_TASKS_FILE)")
+        sp.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+        sp.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+
+    def gen_opts(sp, task_required: bool):
+        sp.add_argument("prompt", help="the prompt (Chinese works; see the T5 warning in the output)")
+        sp.add_argument("--task", required=task_required, help="task from the task table (omit: base model)")
+        sp.add_argument("--lora-alpha", dest="lora_alpha", type=float, help="LoRA strength for this call (0-2)")
+        sp.add_argument("--width", type=int)
+        sp.add_argument("--height", type=int)
+        sp.add_argument("--steps", type=int, help="num_inference_steps")
+        sp.add_argument("--guidance", type=float, help="guidance_scale")
+        sp.add_argument("--seed", type=int, help="random when omitted (always printed)")
+        model_opts(sp)
+
+    g = sub.add_parser("generate", help="generate one image to a PNG (with a progress bar)")
+    gen_opts(g, task_required=False)
+    g.add_argument("-o", "--output", default="out.png")
+    g.add_argument("--json", action="store_true", help="also print what was used as JSON")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("compare", help="the task with and without its LoRA, same seed, side by side in one PNG")
+    gen_opts(c, task_required=True)
+    c.add_argument("-o", "--output", default="compare.png")
+    c.add_argument("--separate", action="store_true",
+                   help="also write test_without_lora.png and test_with_lora.png beside the output")
+    c.set_defaults(func=cmd_compare)
+
+    lora = sub.add_parser("lora", help="LoRA file tools")
+    lsub = lora.add_subparsers(dest="lora_command", required=True, metavar="SUBCOMMAND")
+    li = lsub.add_parser("inspect", help="format, rank, alpha, target modules, size, and whether it fits the model")
+    li.add_argument("path", help="LoRA folder or .safetensors file")
+    li.add_argument("--json", action="store_true")
+    model_opts(li)
+    li.set_defaults(func=cmd_lora_inspect)
+
+    t = sub.add_parser("tasks", help="print the task table")
+    t.add_argument("--tasks-file", dest="tasks_file")
+    t.set_defaults(func=cmd_tasks)
+
+    s = sub.add_parser("serve", help="start the HTTP service (POST /api/generate-image, web page at /)")
+    s.add_argument("--host", help="bind address (FLUX_HOST, default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (FLUX_PORT, default 8000)")
+    s.add_argument("--log-level", dest="log_level", default="info")
+    model_opts(s)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines.errors import FluxServiceError
+
+    try:
+        return args.func(args)
+    except FluxServiceError as exc:
+        print(f"error ({exc.type}): {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

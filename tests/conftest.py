@@ -1,0 +1,55 @@
+"""Shared fixtures: one real (tiny, demo) FLUX engine per test session.
+
+The demo model is built once into the user cache (as the service does on first use). Tests use small
+sizes (64x64, few steps) for speed; ``min_size`` is lowered accordingly in the test settings.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pipelines.settings import Settings
+
+SMALL = dict(width=64, height=64, num_inference_steps=2)
+
+
+def make_settings(**overrides) -> Settings:
+    base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True)
+    base.update(overrides)
+    return Settings(_env_file=None, **base)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(scope="session")
+def engine(settings):
+    from pipelines.engine import FluxEngine
+
+    return FluxEngine.from_settings(settings)
+
+
+@pytest.fixture(scope="session")
+def demo_root(engine):
+    return engine.source.models_root
+
+
+@pytest.fixture(scope="session")
+def bare_pipe(engine):
+    """A plain diffusers.FluxPipeline on the same demo weights, never touched by our code."""
+    import torch
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(str(engine.source.path), torch_dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(autouse=True)
+def _quiet_third_party_logs(caplog):
+    caplog.set_level(logging.INFO, logger="pipelines")
+    yield

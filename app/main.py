@@ -1,0 +1,143 @@
+"""The HTTP service: ``create_app(settings)`` builds the FastAPI app around one engine and one worker.
+
+Why a factory and no module-level app or settings: tests and benchmarks build apps with their own settings
+(and share one engine between them); importing this module must not read the environment or load a model.
+``uvicorn app.main:app`` still works: the module-level ``__getattr__`` builds the app on first access with
+``Settings()`` from the environment. ``flux-service serve`` calls ``create_app(Settings())`` itself.
+
+Lifespan (FastAPI's replacement for ``on_event``): start-up loads the model and every task LoRA (a bad
+configuration stops start-up with the engine's message naming the file), then starts the worker; shutdown
+(SIGTERM under uvicorn, after uvicorn stopped accepting connections) drains: refuse new work, cancel the
+queued, let the running image finish for ``shutdown_grace_s``, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from pipelines.errors import FluxServiceError
+from pipelines.settings import Settings
+
+from .body_limit import BodyLimit
+from .errors import install_error_handlers
+from .jobs import JobStore
+from .metrics import Metrics
+from .routes import generate, jobs, meta, test_hooks
+from .routes.docs import install_docs
+from .routes.page import install_page
+from .schemas import GenerateParams
+from .security import require_api_key
+from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """FLUX.1 image generation with per-task LoRA adapters.
+
+`POST /api/generate-image` returns PNG bytes; `POST /api/jobs` queues the same request and reports progress
+(`GET /api/jobs/{id}/events`, server-sent events). Both accept multipart form, urlencoded form or JSON with
+the same fields. Errors are `{"error": {"type", "message", "param"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
+    """Build the app. ``engine``: an already loaded ``FluxEngine`` (tests share one); None loads it at start-up.
+
+    Parameter limits (sizes, steps, prompt length) are enforced by ``engine.plan`` with the engine's own
+    settings; they are this ``settings`` object unless a caller passes an engine built with other settings.
+    """
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        _ensure_log_output()
+        eng = engine
+        if eng is None:
+            from pipelines.engine import FluxEngine
+
+            try:
+                eng = await asyncio.to_thread(FluxEngine.from_settings, settings)
+            except FluxServiceError as exc:
+                logger.error("start-up failed (%s): %s", exc.type, exc.message)
+                raise
+        if eng.is_demo:
+            logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
+        worker = Worker(eng, settings.queue_size, metrics)
+        worker.start()
+        metrics.bind(worker, eng)
+        app.state.engine, app.state.worker = eng, worker
+        logger.info("ready: queue size %d, request timeout %gs%s", settings.queue_size, settings.request_timeout_s,
+                    ", API key required" if settings.api_key else "")
+        try:
+            yield
+        finally:
+            logger.info("shutting down: refusing new work, waiting up to %gs for the running image",
+                        settings.shutdown_grace_s)
+            await asyncio.to_thread(worker.drain, settings.shutdown_grace_s)
+            app.state.engine = app.state.worker = None
+            logger.info("shut down")
+
+    app = FastAPI(title="flux-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.jobs = JobStore(settings.job_ttl_s, settings.max_jobs_kept)
+    app.state.engine = app.state.worker = None
+
+    install_error_handlers(app)
+    guarded = [Depends(require_api_key)]
+    app.include_router(generate.router, dependencies=guarded, tags=["generate"])
+    app.include_router(jobs.router, dependencies=guarded, tags=["jobs"])
+    app.include_router(meta.api, dependencies=guarded, tags=["service"])
+    app.include_router(meta.router, tags=["service"])
+    if settings.enable_test_hooks:
+        logger.warning("test hooks are enabled (/_test/*): never do this in production")
+        app.include_router(test_hooks.router)
+    install_docs(app)
+    install_page(app)
+    _document_request_body(app)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # outermost, so even 413/401 answers carry the CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=generate.RESULT_HEADERS + ["Location"])
+    return app
+
+
+def _ensure_log_output() -> None:
+    """Under plain ``uvicorn app.main:app`` only uvicorn's own loggers have handlers, and our per-image
+    log line (task, adapter, strength, seed...) would vanish. Give the root logger one when nobody did."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _document_request_body(app: FastAPI) -> None:
+    """The routes read their body by hand (three encodings); publish its schema for /docs and clients."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["GenerateParams"] = (
+            GenerateParams.model_json_schema(ref_template="#/components/schemas/{model}"))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def __getattr__(name: str):
+    """``uvicorn app.main:app``: build the app from the environment on first access, not at import."""
+    if name == "app":
+        built = create_app()
+        globals()["app"] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""``/api/jobs``: the same generation as ``/api/generate-image`` without holding a request open.
+
+A job is queued in the same FIFO as direct requests (one queue, so neither kind can starve the other),
+can be polled, followed live as server-sent events, fetched as PNG when done, and cancelled. Finished jobs
+are kept per ``job_ttl_s`` / ``max_jobs_kept`` (see ``app/jobs.py``).
+
+Events (``GET /api/jobs/{id}/events``, ``text/event-stream``): ``queued`` {position} (1 = next),
+``running`` {step, total}, ``progress`` {step, total}, then exactly one of ``succeeded`` / ``failed`` /
+``cancelled`` (data: the job) and the stream ends. A reader that connects late first gets the current state.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from pipelines.errors import Cancelled
+
+from ..deps import jobs_of, worker_of
+from ..errors import Conflict
+from ..job import TERMINAL, Job
+from ..schemas import error_envelope_schema, request_body_openapi
+from ..submission import submit
+from .generate import result_headers
+
+router = APIRouter()
+
+_NOT_FOUND = {404: {"description": "unknown or expired job",
+                    "content": {"application/json": {"schema": error_envelope_schema()}}}}
+KEEPALIVE_S = 15.0
+
+
+@router.post("/api/jobs", status_code=202, openapi_extra=request_body_openapi(), summary="Queue an image job",
+             responses={202: {"description": "queued; poll or follow /api/jobs/{id}/events"},
+                        422: {"description": "invalid parameters",
+                              "content": {"application/json": {"schema": error_envelope_schema()}}},
+                        503: {"description": "queue full or not ready"}})
+async def create_job(request: Request) -> JSONResponse:
+    job = await submit(request, "job")
+    jobs_of(request).add(job)
+    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
+
+
+@router.get("/api/jobs/{job_id}", summary="A job's state", responses=_NOT_FOUND)
+async def get_job(job_id: str, request: Request) -> dict:
+    return jobs_of(request).get(job_id).to_dict()
+
+
+@router.get("/api/jobs/{job_id}/image", response_class=Response, summary="A finished job's PNG",
+            responses={200: {"content": {"image/png": {}}}, 409: {"description": "the job has no image (yet)"},
+                       **_NOT_FOUND})
+async def get_job_image(job_id: str, request: Request) -> Response:
+    job = jobs_of(request).get(job_id)
+    if job.status != "succeeded" or job.png is None:
+        raise Conflict(f"job {job_id!r} is {job.status}; its image exists only once it has succeeded", param="id")
+    return Response(job.png, media_type="image/png", headers=result_headers(job))
+
+
+@router.delete("/api/jobs/{job_id}", summary="Cancel a job", responses=_NOT_FOUND)
+async def cancel_job(job_id: str, request: Request) -> dict:
+    """Queued: removed from the queue. Running: stopped at the next denoising step. Finished: unchanged."""
+    job = jobs_of(request).get(job_id)
+    worker_of(request).cancel(job, Cancelled("cancelled by the client (DELETE)"))
+    if not job.done:
+        await job.wait_done(timeout=10.0)
+    return job.to_dict()
+
+
+def _sse(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _event_stream(job: Job):
+    state, index = job.snapshot()
+    last_step, last_position = -1, None
+    if state["status"] in TERMINAL:
+        yield _sse(state["status"], state)
+        return
+    if state["status"] == "queued":
+        last_position = state["position"]
+        yield _sse("queued", {"position": last_position})
+    else:
+        last_step = state["step"]
+        yield _sse("running", {"step": state["step"], "total": state["total"]})
+        yield _sse("progress", {"step": state["step"], "total": state["total"]})
+    while True:
+        events = job.events_since(index)
+        index += len(events)
+        for name, data in events:
+            if name == "progress":
+                if data["step"] <= last_step:
+                    continue
+                last_step = data["step"]
+            elif name == "queued":
+                if data["position"] == last_position:
+                    continue
+                last_position = data["position"]
+            elif name == "running" and last_step >= 0:
+                continue
+            yield _sse(name, data)
+            if name in TERMINAL:
+                return
+        if not events:
+            before = index
+            await job.wait_for_events(index, timeout=KEEPALIVE_S)
+            if not job.events_since(before):
+                yield b": keep-alive\n\n"
+
+
+@router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
+            responses={200: {"content": {"text/event-stream": {}}}, **_NOT_FOUND}, response_class=StreamingResponse)
+async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    job = jobs_of(request).get(job_id)
+    return StreamingResponse(_event_stream(job), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,58 @@
+"""Service-level routes: the task list, liveness, readiness and Prometheus metrics.
+
+``/health`` answers as long as the event loop runs (it never waits for the GPU), ``/ready`` only while
+the model is loaded and the service takes work: a load balancer sends traffic on ``/ready`` and restarts
+on ``/health``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from pipelines.tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA
+
+from ..deps import engine_of
+
+router = APIRouter()
+api = APIRouter()  # under /api, behind the API key
+
+
+@api.get("/api/tasks", summary="Tasks, the model and the request limits")
+async def list_tasks(request: Request) -> dict:
+    engine = engine_of(request)
+    s = engine.settings  # the limits `engine.plan` enforces
+    from pipelines.engine import MAX_GUIDANCE  # the engine module is imported by now; keep the bound in one place
+
+    return {
+        "model": engine.source.label,
+        "model_type": engine.source.model_type,
+        "demo": engine.is_demo,
+        "tasks": [t.to_dict() for t in engine.task_infos()],
+        "limits": {"min_size": s.min_size, "max_size": s.max_size, "size_multiple": 16, "max_steps": s.max_steps,
+                   "lora_alpha": [MIN_LORA_ALPHA, MAX_LORA_ALPHA], "guidance_scale": [0.0, MAX_GUIDANCE],
+                   "max_prompt_chars": s.max_prompt_chars},
+    }
+
+
+@router.get("/health", summary="Liveness")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: model loaded and taking work",
+            responses={503: {"description": "loading or draining"}})
+async def ready(request: Request) -> JSONResponse:
+    engine = getattr(request.app.state, "engine", None)
+    worker = getattr(request.app.state, "worker", None)
+    if engine is None or worker is None:
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+    if not worker.accepting:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    return JSONResponse({"status": "ready", "demo": engine.is_demo})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    return Response(m.render(), media_type=m.content_type)

@@ -27,9 +27,9 @@ bench: $(VENV)/.installed          ## run the benchmarks (see docs/benchmarks.md
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/http_overhead.py
 
-browser:                           ## Debian's Chromium for the browser test (needs root or an installed chromium)
+browser:                           ## Debian's Chromium (+ a CJK font for screenshots) for the browser test
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; \
 	  else echo "chromium missing: run 'sudo apt-get install chromium' (the browser test needs it)"; exit 1; fi; }
 
 clean-venv:

@@ -186,7 +186,9 @@ class FluxEngine:
             if not s.min_size <= value <= s.max_size:
                 raise InvalidRequest(f"`{name}` must be between {s.min_size} and {s.max_size}, got {value}",
                                      param=name)
-        steps = req.num_inference_steps or (task.num_inference_steps if task else None) or self.default_steps
+        steps = req.num_inference_steps
+        if steps is None:  # not `or`: 0 steps is an error to report, not a request for the default
+            steps = (task.num_inference_steps if task else None) or self.default_steps
         if not 1 <= steps <= s.max_steps:
             raise InvalidRequest(f"`num_inference_steps` must be between 1 and {s.max_steps}, got {steps}",
                                  param="num_inference_steps")

@@ -53,3 +53,17 @@ def bare_pipe(engine):
 def _quiet_third_party_logs(caplog):
     caplog.set_level(logging.INFO, logger="pipelines")
     yield
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The default live uvicorn server (one process shared by the HTTP and jobs test modules)."""
+    from tests.http_support import shared_server
+
+    return shared_server()
+
+
+@pytest.fixture()
+def client(server):
+    with server.client() as c:
+        yield c

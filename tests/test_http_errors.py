@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.http_support import SMALL, shared_server
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
-@pytest.fixture()
-def client(server):
-    with server.client() as c:
-        yield c
+from tests.http_support import SMALL
 
 
 def error_of(r, status: int, param: str | None = "ANY") -> dict:

@@ -8,20 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.http_support import SMALL, pixels, png_info, shared_server
+from tests.http_support import SMALL, pixels, png_info
 
 PROMPT = "科普主持人，专业形象，微笑"
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
-@pytest.fixture()
-def client(server):
-    with server.client() as c:
-        yield c
 
 
 def test_users_curl_verbatim_returns_1024_png_with_chinese_prompt_intact(server, tmp_path):

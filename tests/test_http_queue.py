@@ -8,18 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.http_support import SMALL, StepDelay, drain_jobs, metric, shared_server, wait_until
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
-@pytest.fixture()
-def client(server):
-    with server.client() as c:
-        yield c
+from tests.http_support import SMALL, StepDelay, drain_jobs, metric, wait_until
 
 
 def slow_job(client, steps: int = 20) -> str:

@@ -10,18 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.conftest import make_settings
-from tests.http_support import SMALL, StepDelay, drain_jobs, metric, pixels, png_info, shared_server, wait_until
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
-@pytest.fixture()
-def client(server):
-    with server.client() as c:
-        yield c
+from tests.http_support import SMALL, StepDelay, drain_jobs, metric, pixels, png_info, wait_until
 
 
 def submit(client, **fields) -> dict:

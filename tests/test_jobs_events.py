@@ -6,20 +6,9 @@ import json
 
 import pytest
 
-from tests.http_support import SMALL, StepDelay, drain_jobs, shared_server, wait_until
+from tests.http_support import SMALL, StepDelay, drain_jobs, wait_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
-
-
-@pytest.fixture()
-def client(server):
-    with server.client() as c:
-        yield c
 
 
 def read_events(client, job_id: str, on_event=None) -> list[tuple[str, dict]]:

@@ -9,14 +9,16 @@ image takes seconds on a CPU. It is saved in the diffusers folder layout and loa
 
 The folder it writes mirrors ``models/``::
 
-    <cache>/demo-v1/flux1-dev/...                          diffusers pipeline folder
-    <cache>/demo-v1/lora/host_person/pytorch_lora_weights.safetensors    diffusers layout
-    <cache>/demo-v1/lora/host_person/adapter_model.safetensors           PEFT layout
-    <cache>/demo-v1/lora/host_person/adapter_config.json                 (lora_alpha != r)
+    <cache>/demo-v2-<libs>/flux1-dev/...                       diffusers pipeline folder
+    <cache>/demo-v2-<libs>/lora/host_person/pytorch_lora_weights.safetensors    diffusers layout
+    <cache>/demo-v2-<libs>/lora/host_person/adapter_model.safetensors           PEFT layout
+    <cache>/demo-v2-<libs>/lora/host_person/adapter_config.json                 (lora_alpha != r)
 
-Same bytes every time: weights come from fixed seeds, files are written in a fixed order, and the folder is
-built in a temporary directory then renamed, so concurrent first uses (a test and a server) cannot see a
-half-written model. It draws noise-like pictures; everything served from it is labelled ``demo``.
+Same bytes every time: weights come from fixed seeds, files are written in a fixed order, the library
+versions that transformers/diffusers stamp into config files are removed, and the folder is built in a
+temporary directory then renamed, so concurrent first uses (a test and a server) cannot see a
+half-written model. ``<libs>`` is a short hash of the torch/diffusers/transformers versions: random
+initialisation may change between releases, so each environment gets its own, freshly built copy. It draws noise-like pictures; everything served from it is labelled ``demo``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 #: bump when the demo model's bytes change, so old caches are not reused
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"
 DEMO_LORA_RANK = 4
 DEMO_LORA_ALPHA = 8  # deliberately != rank: PEFT scales by alpha / r = 2
 #: transformer modules the demo host_person LoRA adapts (attention and feed-forward, like real FLUX LoRAs)
@@ -69,7 +71,15 @@ hands holding talking speaking young old happy friendly calm confident clean sim
 
 def demo_root(cache_dir: Path) -> Path:
     """The folder that stands in for ``models/`` when the demo model serves."""
-    return Path(cache_dir) / DEMO_VERSION
+    return Path(cache_dir) / f"{DEMO_VERSION}-{_library_fingerprint()}"
+
+
+def _library_fingerprint() -> str:
+    import hashlib
+    from importlib.metadata import version
+
+    libs = ",".join(f"{name}={version(name)}" for name in ("torch", "diffusers", "transformers"))
+    return hashlib.sha256(libs.encode()).hexdigest()[:10]
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
@@ -99,6 +109,7 @@ def build_demo_model(root: Path) -> None:
 
     pipe = _build_pipeline(torch)
     pipe.save_pretrained(root / "flux1-dev", safe_serialization=True)
+    _strip_library_versions(root / "flux1-dev")
     _write_demo_lora(torch, pipe.transformer, root / "lora" / "host_person")
     (root / "README.md").write_text(
         "Embedded demo model built by pipelines/demo_model.py: random weights, noise-like pictures.\n"
@@ -191,6 +202,16 @@ def _build_pipeline(torch):
         tokenizer_2=t5_tok,
         transformer=transformer,
     )
+
+
+def _strip_library_versions(folder: Path) -> None:
+    """Drop the library versions save_pretrained stamps into configs, so the bytes depend on our code only."""
+    for path in sorted(folder.rglob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and ({"transformers_version", "_diffusers_version"} & set(data)):
+            data.pop("transformers_version", None)
+            data.pop("_diffusers_version", None)
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _clip_tokenizer():

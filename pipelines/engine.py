@@ -67,13 +67,15 @@ class FluxEngine:
         self.tasks = tasks or TaskTable(source=Path("<none>"))
         self.adapters: AdapterStrategy = adapters or PeftAdapters(pipe)
         self._resident: dict[Path, ResidentAdapter] = {}
+        #: task name -> its adapter, fixed at start-up so a request never touches the LoRA files again
+        self._task_adapters: dict[str, ResidentAdapter] = {}
         self._lock = threading.Lock()
         self._fault: BaseException | None = None
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
         for task in self.tasks.tasks.values():
             if task.lora:
                 try:
-                    self._adapter_for(self._task_lora_path(task))
+                    self._task_adapters[task.name] = self._adapter_for(self._task_lora_path(task))
                 except AdapterError as exc:
                     raise type(exc)(f"task {task.name!r}: {exc.message}", path=exc.path) from None
 
@@ -165,7 +167,7 @@ class FluxEngine:
                 notes.append(note)
             adapter, default_alpha = self._adapter_for(located), 1.0
         elif task is not None and task.lora:
-            adapter, default_alpha = self._adapter_for(self._task_lora_path(task)), task.lora_alpha
+            adapter, default_alpha = self._task_adapters[task.name], task.lora_alpha
         scale = default_alpha
         if req.lora_alpha is not None:
             if adapter is None:
@@ -294,7 +296,7 @@ class FluxEngine:
     def task_infos(self) -> list[TaskInfo]:
         out = []
         for t in self.tasks.tasks.values():
-            adapter = self._resident.get(resolve_weights_file(self._task_lora_path(t)).resolve()) if t.lora else None
+            adapter = self._task_adapters.get(t.name)
             out.append(TaskInfo(
                 name=t.name, description=t.description,
                 adapter_name=adapter.name if adapter else None,

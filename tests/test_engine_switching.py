@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import pipelines.engine
+from pipelines.tasks import load_task_table
 from tests.engine_helpers import bare_call, pixels, request
 
 
@@ -52,3 +53,24 @@ def test_generate_never_rereads_lora_files(engine, demo_root, monkeypatch):
 
     assert reads == []
     assert engine.resident_adapters() == resident
+
+
+def test_requests_do_not_touch_task_lora_files_after_start_up(engine, tmp_path, settings):
+    """The adapter is resident: moving the LoRA folder away after start-up changes nothing for requests."""
+    import shutil
+
+    from pipelines.engine import FluxEngine
+
+    models = tmp_path / "models"
+    shutil.copytree(engine.source.models_root / "lora", models / "lora")
+    (models / "tasks.toml").write_text('[tasks.host_face]\nlora = "lora/host_person"\nlora_alpha = 0.7\n',
+                                       encoding="utf-8")
+    own = FluxEngine(engine.pipe.__class__.from_pretrained(str(engine.source.path), local_files_only=True),
+                     engine.source.__class__(engine.source.path, models, True, engine.source.model_type),
+                     settings, "cpu", engine.dtype, load_task_table(models / "tasks.toml"))
+    before = pixels(own.generate(request(task="host_face")))
+    shutil.rmtree(models / "lora")
+    after = own.generate(request(task="host_face"))
+    assert after.info.adapter_name == "host_person"
+    assert np.array_equal(pixels(after), before)
+    assert own.task_infos()[0].adapter_file == "pytorch_lora_weights.safetensors"

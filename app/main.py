@@ -30,7 +30,8 @@ from .metrics import Metrics
 from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page
-from .schemas import GenerateParams
+from . import openapi
+from .schemas import params_model
 from .security import require_api_key
 from .worker import Worker
 
@@ -39,8 +40,9 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """FLUX.1 image generation with per-task LoRA adapters.
 
 `POST /api/generate-image` returns PNG bytes; `POST /api/jobs` queues the same request and reports progress
-(`GET /api/jobs/{id}/events`, server-sent events). Both accept multipart form, urlencoded form or JSON with
-the same fields. Errors are `{"error": {"type", "message", "param"}}`.
+(`GET /api/jobs/{id}/events`, server-sent events). Both take the same fields as JSON or a multipart form
+(an urlencoded form works too, with the multipart rules). Leave an optional field out for its default; never
+send `null`. Errors are `{"error": {"type", "message", "param"}}`, on every status listed per route.
 """
 
 
@@ -88,19 +90,22 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     app.state.metrics = metrics
     app.state.jobs = JobStore(settings.job_ttl_s, settings.max_jobs_kept)
     app.state.engine = app.state.worker = None
+    # the limits `engine.plan` enforces are the engine's settings: the request model (and so the schema) uses them
+    app.state.params_model = params_model(engine.settings if engine is not None else settings)
 
     install_error_handlers(app)
     guarded = [Depends(require_api_key)]
-    app.include_router(generate.router, dependencies=guarded, tags=["generate"])
-    app.include_router(jobs.router, dependencies=guarded, tags=["jobs"])
-    app.include_router(meta.api, dependencies=guarded, tags=["service"])
+    keyed = openapi.error_responses(401) if settings.api_key else {}  # 401 exists only with a key
+    app.include_router(generate.router, dependencies=guarded, tags=["generate"], responses=keyed)
+    app.include_router(jobs.router, dependencies=guarded, tags=["jobs"], responses=keyed)
+    app.include_router(meta.api, dependencies=guarded, tags=["service"], responses=keyed)
     app.include_router(meta.router, tags=["service"])
     if settings.enable_test_hooks:
         logger.warning("test hooks are enabled (/_test/*): never do this in production")
         app.include_router(test_hooks.router)
     install_docs(app)
     install_page(app)
-    _document_request_body(app)
+    openapi.install(app, params_model=app.state.params_model, api_key_set=bool(settings.api_key))
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # outermost, so even 413/401 answers carry the CORS headers
@@ -117,21 +122,6 @@ def _ensure_log_output() -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _document_request_body(app: FastAPI) -> None:
-    """The routes read their body by hand (three encodings); publish its schema for /docs and clients."""
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
-        schema.setdefault("components", {}).setdefault("schemas", {})["GenerateParams"] = (
-            GenerateParams.model_json_schema(ref_template="#/components/schemas/{model}"))
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def __getattr__(name: str):

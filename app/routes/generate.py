@@ -17,7 +17,7 @@ from pipelines.errors import Cancelled, DeadlineExceeded
 
 from ..deps import worker_of
 from ..job import Job
-from ..schemas import error_envelope_schema, request_body_openapi
+from ..openapi import error_responses, png_response, request_body
 from ..submission import submit
 
 router = APIRouter()
@@ -27,10 +27,23 @@ RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Lora-Scale", "X-Se
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
                   "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "Retry-After"]
 
-_ERRORS = {code: {"description": text, "content": {"application/json": {"schema": error_envelope_schema()}}}
-           for code, text in [(401, "API key missing or wrong"), (413, "body too large"),
-                              (422, "invalid parameters"), (503, "queue full, out of memory or not ready"),
-                              (504, "deadline exceeded")]}
+#: what each result header says; the OpenAPI document describes every ``X-*`` name of RESULT_HEADERS from this
+HEADER_DOCS = {
+    "X-Task": "The task used, or `none` (base model).",
+    "X-Adapter": "The LoRA adapter name, or `none`.",
+    "X-Adapter-File": "The adapter's file relative to the models folder, or `none`.",
+    "X-Lora-Scale": "The LoRA strength applied (0 without a LoRA).",
+    "X-Seed": "The seed used (send it back as `seed` to get the same image).",
+    "X-Steps": "Denoising steps run.",
+    "X-Guidance-Scale": "Guidance scale used.",
+    "X-Width": "Image width in pixels.",
+    "X-Height": "Image height in pixels.",
+    "X-Generation-Time": "Seconds spent generating (queue wait excluded).",
+    "X-Queue-Wait": "Seconds spent waiting in the queue.",
+    "X-Demo-Model": "`true` when the embedded demo model (random weights) made the image.",
+    "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...",
+    "X-Job-Id": "The id of the job that made it.",
+}
 
 
 def result_headers(job: Job) -> dict[str, str]:
@@ -76,10 +89,10 @@ async def wait_for_result(request: Request, job: Job) -> None:
             return
 
 
-@router.post("/api/generate-image", response_class=Response, openapi_extra=request_body_openapi(),
+@router.post("/api/generate-image", response_class=Response, openapi_extra=request_body(),
              summary="Generate one image (PNG bytes)",
-             responses={200: {"content": {"image/png": {}}, "description": "the image; headers say what was used"},
-                        **_ERRORS})
+             responses={200: png_response("The image; the headers say what was used.", RESULT_HEADERS, HEADER_DOCS),
+                        **error_responses(413, 422, 500, 503, 504)})
 async def generate_image(request: Request) -> Response:
     job = await submit(request, "generate")
     await wait_for_result(request, job)

@@ -21,36 +21,39 @@ from pipelines.errors import Cancelled
 from ..deps import jobs_of, worker_of
 from ..errors import Conflict
 from ..job import TERMINAL, Job
-from ..schemas import error_envelope_schema, request_body_openapi
+from ..job_schema import Job as JobSchema
+from ..openapi import error_responses, png_response, request_body
 from ..submission import submit
-from .generate import result_headers
+from .generate import HEADER_DOCS, RESULT_HEADERS, result_headers
 
 router = APIRouter()
 
-_NOT_FOUND = {404: {"description": "unknown or expired job",
-                    "content": {"application/json": {"schema": error_envelope_schema()}}}}
+_NOT_FOUND = error_responses(404)
+_JOB = {"model": JobSchema, "description": "The job."}
 KEEPALIVE_S = 15.0
 
 
-@router.post("/api/jobs", status_code=202, openapi_extra=request_body_openapi(), summary="Queue an image job",
-             responses={202: {"description": "queued; poll or follow /api/jobs/{id}/events"},
-                        422: {"description": "invalid parameters",
-                              "content": {"application/json": {"schema": error_envelope_schema()}}},
-                        503: {"description": "queue full or not ready"}})
+@router.post("/api/jobs", status_code=202, openapi_extra=request_body(), summary="Queue an image job",
+             response_model=None,
+             responses={202: {**_JOB, "description": "Queued; poll it or follow /api/jobs/{id}/events.",
+                              "headers": {"Location": {"description": "The job's URL.", "required": True,
+                                                       "schema": {"type": "string"}}}},
+                        **error_responses(413, 422, 500, 503)})
 async def create_job(request: Request) -> JSONResponse:
     job = await submit(request, "job")
     jobs_of(request).add(job)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
-@router.get("/api/jobs/{job_id}", summary="A job's state", responses=_NOT_FOUND)
+@router.get("/api/jobs/{job_id}", summary="A job's state", response_model=None,
+            responses={200: _JOB, **_NOT_FOUND})
 async def get_job(job_id: str, request: Request) -> dict:
     return jobs_of(request).get(job_id).to_dict()
 
 
 @router.get("/api/jobs/{job_id}/image", response_class=Response, summary="A finished job's PNG",
-            responses={200: {"content": {"image/png": {}}}, 409: {"description": "the job has no image (yet)"},
-                       **_NOT_FOUND})
+            responses={200: png_response("The image; the headers say what was used.", RESULT_HEADERS, HEADER_DOCS),
+                       **error_responses(404, 409)})
 async def get_job_image(job_id: str, request: Request) -> Response:
     job = jobs_of(request).get(job_id)
     if job.status != "succeeded" or job.png is None:
@@ -58,7 +61,8 @@ async def get_job_image(job_id: str, request: Request) -> Response:
     return Response(job.png, media_type="image/png", headers=result_headers(job))
 
 
-@router.delete("/api/jobs/{job_id}", summary="Cancel a job", responses=_NOT_FOUND)
+@router.delete("/api/jobs/{job_id}", summary="Cancel a job", response_model=None,
+               responses={200: {**_JOB, "description": "The job after the cancellation."}, **_NOT_FOUND})
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Queued: removed from the queue. Running: stopped at the next denoising step. Finished: unchanged."""
     job = jobs_of(request).get(job_id)
@@ -110,7 +114,10 @@ async def _event_stream(job: Job):
 
 
 @router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
-            responses={200: {"content": {"text/event-stream": {}}}, **_NOT_FOUND}, response_class=StreamingResponse)
+            responses={200: {"description": "`queued`, `running`, `progress` events, then one of `succeeded`, "
+                                            "`failed`, `cancelled` (data: the job); see the module docs.",
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **_NOT_FOUND},
+            response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     job = jobs_of(request).get(job_id)
     return StreamingResponse(_event_stream(job), media_type="text/event-stream",

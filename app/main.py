@@ -40,9 +40,13 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """FLUX.1 image generation with per-task LoRA adapters.
 
 `POST /api/generate-image` returns PNG bytes; `POST /api/jobs` queues the same request and reports progress
-(`GET /api/jobs/{id}/events`, server-sent events). Both take the same fields as JSON or a multipart form
-(an urlencoded form works too, with the multipart rules). Leave an optional field out for its default; never
-send `null`. Errors are `{"error": {"type", "message", "param"}}`, on every status listed per route.
+(`GET /api/jobs/{id}/events`, server-sent events). Leave an optional field out for its default; never send
+`null`. Errors are `{"error": {"type", "message", "param"}}`, on every status listed per route.
+
+**Forms too.** Besides the JSON body listed below, both routes take the same fields as a multipart form
+(`curl -F prompt=...`, browser `FormData`) or an urlencoded form, under the same rules: one value per field,
+UTF-8 text, `true`/`false` (also `on`/`off`, `1`/`0`, `yes`/`no`) for booleans, integers written as integers,
+an empty optional field means "not given", a list or object field as JSON text, no file parts.
 """
 
 
@@ -84,7 +88,9 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
             app.state.engine = app.state.worker = None
             logger.info("shut down")
 
+    # operation ids are the route functions' names, so generated clients get `generate_image`, `create_job`...
     app = FastAPI(title="flux-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  generate_unique_id_function=lambda route: route.name,
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics

@@ -1,20 +1,21 @@
 """The OpenAPI document as the contract: what ``/docs``, generated clients and schemathesis read.
 
 Why this module: FastAPI derives most of the document from the routes, but four things it cannot know.
-(1) The request body is read by hand in three encodings (``app/request_body.py``), so its schemas are put
-in here from the same pydantic model that validates it, with the limits of the settings in force. JSON is
-listed first (many generators use the first content type; Swagger UI shows it with a working example);
-multipart gets its own schema (``GenerateParamsForm``: same fields, a non-scalar field is JSON text).
-Urlencoded is accepted with the multipart rules but not listed: one schema under two form content types
-made openapi-python-client send both bodies at once, and a third copy of the fields helps nobody. (2) Errors: every status a route can return is listed with the
-error envelope (``error_responses``); FastAPI's own 422 shape, which this service never sends, is removed.
-(3) Security follows the configuration: Bearer auth and 401 only when ``FLUX_API_KEY`` is set.
-(4) PNG answers are binary with every ``X-*`` header described, from the table the route sends them from.
+
+1. The request body is read by hand (``app/request_body.py``), so its schema is put in here from the same
+   pydantic model that validates it, with the limits of the settings in force. Only ``application/json`` is
+   listed: it is what generated clients should send (typed fields, lists as lists), and every operation with
+   two or more request content types comes out of openapi-python-client 0.29 unimportable (its template types
+   the body ``... | Unset`` without importing ``Unset``), which is how issue 9 found it. Multipart and
+   urlencoded forms (``curl -F``, ``FormData``) are accepted with the same fields and rules and are described
+   in prose (the API description, docs/http-api.md). Swagger UI shows the JSON body with a working example.
+2. Errors: every status a route can return is listed with the error envelope (``error_responses``);
+   FastAPI's own 422 shape, which this service never sends, is removed.
+3. Security follows the configuration: Bearer auth and 401 only when ``FLUX_API_KEY`` is set.
+4. PNG answers are binary with every ``X-*`` header described, from the table the route sends them from.
 """
 
 from __future__ import annotations
-
-import copy
 
 from fastapi import FastAPI
 
@@ -35,9 +36,8 @@ _HEADERS = {
     503: {"Retry-After": {"description": "Seconds worth waiting before retrying.", "schema": {"type": "integer"}}},
     401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
 }
-BODY_SCHEMA, FORM_SCHEMA = "GenerateParams", "GenerateParamsForm"
+BODY_SCHEMA = "GenerateParams"
 JSON_EXAMPLE = {"prompt": "科普主持人，专业形象，微笑"}
-_SCALARS = ("string", "integer", "number", "boolean")
 
 
 def error_responses(*codes: int) -> dict:
@@ -60,21 +60,7 @@ def request_body() -> dict:
     """``openapi_extra`` of the two routes that take the generation fields (schemas filled in by ``install``)."""
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{BODY_SCHEMA}"}, "example": JSON_EXAMPLE},
-        "multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{FORM_SCHEMA}"}},
     }}}
-
-
-def form_schema(body: dict) -> dict:
-    """The JSON body's schema as a form sees it: scalar fields unchanged, any other field a JSON string."""
-    form = copy.deepcopy(body)
-    form["title"] = FORM_SCHEMA
-    form["description"] = (body.get("description", "") + " As a form: one field each; an empty optional field "
-                           "means not given; true/false (also on/off, 1/0, yes/no) for booleans.").strip()
-    for name, prop in body.get("properties", {}).items():
-        if prop.get("type") not in _SCALARS:
-            form["properties"][name] = {"type": "string", "contentMediaType": "application/json",
-                                        "description": f"{prop.get('description', '')} (JSON text)".strip()}
-    return form
 
 
 def install(app: FastAPI, *, params_model, api_key_set: bool) -> None:
@@ -90,7 +76,6 @@ def install(app: FastAPI, *, params_model, api_key_set: bool) -> None:
         body = params_model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(body.pop("$defs", {}))
         schemas[BODY_SCHEMA] = body
-        schemas[FORM_SCHEMA] = form_schema(body)
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 _fix_operation(operation, api_key_set)

@@ -89,7 +89,7 @@ class GenerateParams(BaseModel):
 def _tightened(name: str, *constraints) -> tuple:
     """The base model's field ``name`` with extra constraints (its description and default kept)."""
     field = GenerateParams.model_fields[name]
-    return Annotated[field.annotation, *constraints], field  # type: ignore[valid-type]
+    return Annotated[(field.annotation, *constraints)], field  # type: ignore[valid-type]
 
 
 def params_model(limits: Settings) -> type[GenerateParams]:

@@ -62,7 +62,8 @@ async def get_job_image(job_id: str, request: Request) -> Response:
 
 
 @router.delete("/api/jobs/{job_id}", summary="Cancel a job", response_model=None,
-               responses={200: {**_JOB, "description": "The job after the cancellation."}, **_NOT_FOUND})
+               responses={200: {**_JOB, "description": "The job after the cancellation."},
+                          **error_responses(404, 503)})
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Queued: removed from the queue. Running: stopped at the next denoising step. Finished: unchanged."""
     job = jobs_of(request).get(job_id)

@@ -9,8 +9,8 @@ encoding is decoded here into a plain dict of typed values, then one strict pyda
 - JSON: nesting at most ``MAX_DEPTH`` levels, integers of at most ``MAX_INT_DIGITS`` digits, no ``NaN``/
   ``Infinity`` literals (not JSON); nothing here can raise ``RecursionError`` or ``ValueError`` out of the
   parser, which used to answer a plain 500 and close the keep-alive connection;
-- forms: text turned into the field's type by the same rules JSON values meet (``"64"`` is 64, ``"1.0"`` and
-  ``"true"`` are not integers; ``true/false/on/off/1/0/yes/no`` are booleans); a non-scalar field (a list
+- forms: text turned into the value JSON would carry, then the same rules (``"64"`` and ``"64.0"`` are 64 like
+  64 and 64.0 in JSON; ``"1.5"`` and ``"true"`` are not integers; ``true/false/on/off/1/0/yes/no`` are booleans); a non-scalar field (a list
   or object) is a JSON string; an empty optional field (an empty ``<input>``) means "not given".
 
 Every refusal is ``InvalidRequest`` (422, the field in ``param``); a body over the size limit is 413 before
@@ -237,6 +237,8 @@ def _typed(kind: str, text: str, name: str) -> object:
     """The form text as the value JSON would carry; text that does not fit is left for the model to refuse."""
     if kind == "int" and _INT.fullmatch(text):
         return int(text)
+    if kind == "int" and _FLOAT.fullmatch(text) and float(text).is_integer():
+        return float(text)  # "64.0" means what 64.0 means in JSON: the model takes it as 64
     if kind == "float" and _FLOAT.fullmatch(text):
         return float(text)
     if kind == "bool" and text.lower() in _TRUE | _FALSE:

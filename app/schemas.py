@@ -8,9 +8,10 @@ adds the limits in force (prompt length, size bounds, step count) as constraints
 Optional means absent, never ``null``: an optional field is typed ``int`` (not ``int | None``) with a
 default of ``None`` that pydantic never validates, so leaving the field out gives the default and sending
 ``null`` is refused. The schema then shows no ``null`` for Swagger UI to pre-fill into every input.
-Validation is strict (a boolean is not an integer, ``1.0`` is not an integer, ``"64"`` is not a number in
-JSON); the form encodings turn their text into typed values first (``app/request_body.py``), so every
-encoding meets the same rules. Unknown fields are refused, so a client can never slip a file path in.
+Validation is strict (a boolean is not an integer, ``"64"`` is not a number in JSON, ``1.5`` is not an
+integer) except where JSON Schema itself is lenient: ``64.0`` *is* an integer there (any number with a zero
+fraction), and generated clients and validators go by the schema, so the server agrees. The form encodings
+turn their text into typed values first (``app/request_body.py``), so every encoding meets the same rules. Unknown fields are refused, so a client can never slip a file path in.
 
 Adding a request field is one line here; a field whose type is not a scalar (a list, an object) is sent as
 a JSON string in a form, and the form schema says so by itself (``app/openapi.py``).
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from annotated_types import Ge, Le, MaxLen
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from pipelines.engine import MAX_GUIDANCE, MAX_SEED
 from pipelines.errors import InvalidRequest
@@ -30,6 +31,8 @@ from pipelines.tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA
 from pipelines.types import GenerationRequest
 
 SIZE_MULTIPLE = 16
+
+
 
 
 def _optional_means_absent(schema: dict, _cls: type) -> None:
@@ -61,6 +64,17 @@ class GenerateParams(BaseModel):
     num_inference_steps: int = Field(default=None, ge=1, description="Default: the task's or the model's.")
     guidance_scale: float = Field(default=None, ge=0.0, le=MAX_GUIDANCE,
                                   description="Default: the task's or the model's.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_schema_integers(cls, data: object) -> object:
+        """JSON Schema's ``integer``: 64.0 is one (taken as 64); 64.5, ``true`` and ``"64"`` are not."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if field.annotation is int and isinstance(value, float) and value.is_integer():
+                    data = {**data, name: int(value)}
+        return data
 
     def to_request(self, task_names: list[str], lora_tasks: list[str]) -> GenerationRequest:
         """Apply the ``use_model_manager`` rules; never ignore a field silently."""

@@ -23,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipelines.errors import FluxServiceError
 from pipelines.settings import Settings
 
+from . import openapi
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
 from .jobs import JobStore
@@ -30,7 +31,6 @@ from .metrics import Metrics
 from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page
-from . import openapi
 from .schemas import params_model
 from .security import require_api_key
 from .worker import Worker

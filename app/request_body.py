@@ -9,9 +9,10 @@ encoding is decoded here into a plain dict of typed values, then one strict pyda
 - JSON: nesting at most ``MAX_DEPTH`` levels, integers of at most ``MAX_INT_DIGITS`` digits, no ``NaN``/
   ``Infinity`` literals (not JSON); nothing here can raise ``RecursionError`` or ``ValueError`` out of the
   parser, which used to answer a plain 500 and close the keep-alive connection;
-- forms: text turned into the value JSON would carry, then the same rules (``"64"`` and ``"64.0"`` are 64 like
-  64 and 64.0 in JSON; ``"1.5"`` and ``"true"`` are not integers; ``true/false/on/off/1/0/yes/no`` are booleans); a non-scalar field (a list
-  or object) is a JSON string; an empty optional field (an empty ``<input>``) means "not given".
+- forms: text turned into the value JSON would carry, then the same rules (``"64"`` and ``"64.0"`` are 64
+  like 64 and 64.0 in JSON; ``"1.5"`` and ``"true"`` are not integers; ``true/false/on/off/1/0/yes/no`` are
+  booleans); a non-scalar field (a list or object) is JSON text; an empty optional field (an empty
+  ``<input>``) means "not given".
 
 Every refusal is ``InvalidRequest`` (422, the field in ``param``); a body over the size limit is 413 before
 it gets here (``app/body_limit.py``).
@@ -161,8 +162,8 @@ def urlencoded_pairs(raw: bytes) -> list[tuple[str, str]]:
 
 
 def multipart_pairs(header: str, raw: bytes) -> list[tuple[str, str]]:
-    from python_multipart.multipart import MultipartParser, parse_options_header
     from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, options = parse_options_header(header)
     boundary = options.get(b"boundary")

@@ -11,10 +11,11 @@ default of ``None`` that pydantic never validates, so leaving the field out give
 Validation is strict (a boolean is not an integer, ``"64"`` is not a number in JSON, ``1.5`` is not an
 integer) except where JSON Schema itself is lenient: ``64.0`` *is* an integer there (any number with a zero
 fraction), and generated clients and validators go by the schema, so the server agrees. The form encodings
-turn their text into typed values first (``app/request_body.py``), so every encoding meets the same rules. Unknown fields are refused, so a client can never slip a file path in.
+turn their text into typed values first (``app/request_body.py``), so every encoding meets the same rules.
+Unknown fields are refused, so a client can never slip a file path in.
 
-Adding a request field is one line here; a field whose type is not a scalar (a list, an object) is sent as
-a JSON string in a form, and the form schema says so by itself (``app/openapi.py``).
+Adding a request field is one line here: the schema, JSON and forms follow by themselves (a field whose type
+is not a scalar, a list or an object, is JSON text in a form).
 """
 
 from __future__ import annotations

@@ -222,7 +222,8 @@ def test_generated_client_gets_the_error_envelope_parsed(generated_client, serve
 
 def test_generated_client_runs_a_job_with_a_task_and_polls_it(generated_client, server):
     from flux_client.api.jobs import create_job, get_job, get_job_image
-    from flux_client.models import GenerateParams, Job as JobModel, JobStatus
+    from flux_client.models import GenerateParams, JobStatus
+    from flux_client.models import Job as JobModel
 
     c = generated_client.Client(base_url=server.url, timeout=120)
     job = create_job.sync(client=c, body=GenerateParams(prompt="p", use_model_manager=True, task="host_face",

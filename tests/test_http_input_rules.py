@@ -7,8 +7,9 @@ reconnection made impossible) and require both answers.
 
 The rules, whatever the encoding (JSON, multipart, urlencoded): a field at most once; text is UTF-8; an
 integer field takes an integer as JSON Schema defines it (64 or 64.0; not a boolean, not 1.5, not "64" in
-JSON), a number field a finite number, a boolean field a boolean; an optional field is absent or has a value (JSON ``null`` is refused: leave the field out);
-no file parts; at most 64 fields. Every refusal is a 422 (413 for a body over the size limit) with the envelope.
+JSON), a number field a finite number, a boolean field a boolean; an optional field is absent or has a value
+(JSON ``null`` is refused: leave the field out); no file parts; at most 64 fields. Every refusal is a 422
+(413 for a body over the size limit) with the envelope.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ PROMPT = "科普主持人，专业形象，微笑"
 README_FIELDS = {"prompt": PROMPT, "use_model_manager": True, "task": "host_face", "width": 1024, "height": 1024,
                  "lora_alpha": 0.8}
 TIMEOUT_MS = 120_000  # a prompt-only request is 1024x1024 with the model's 28 steps on the CPU demo model
+LIVE = ".live-responses-table tr.response"  # the answer to the last Execute
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def execute(block) -> str:
     if clear.count():
         clear.click()
     block.locator("button.execute").click()
-    status = block.locator(".live-responses-table tr.response .response-col_status").first
+    status = block.locator(f"{LIVE} .response-col_status").first
     status.wait_for(timeout=TIMEOUT_MS)
     return status.inner_text().strip()
 
@@ -80,14 +81,14 @@ def execute_json(block, body: dict) -> str:
 
 
 def shown_image_width(page, block) -> int:
-    img = block.locator(".live-responses-table tr.response .response-col_description img").first
+    img = block.locator(f"{LIVE} .response-col_description img").first
     img.wait_for(timeout=TIMEOUT_MS)
     page.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=img.element_handle(), timeout=TIMEOUT_MS)
     return img.evaluate("i => i.naturalWidth")
 
 
 def shown_headers(block) -> str:
-    return block.locator(".live-responses-table tr.response .response-col_description").first.inner_text().lower()
+    return block.locator(f"{LIVE} .response-col_description").first.inner_text().lower()
 
 
 def test_generate_image_try_it_out_with_only_prompt_shows_the_image(docs):
@@ -108,7 +109,7 @@ def test_generate_image_try_it_out_with_the_readme_fields_shows_the_lora_image(d
 def test_jobs_try_it_out_with_only_prompt_then_the_image_route_shows_it(docs):
     block = open_operation(docs, "create_job")
     assert execute_json(block, {"prompt": PROMPT}) == "202"
-    job = json.loads(block.locator(".live-responses-table tr.response .response-col_description pre").first.inner_text())
+    job = json.loads(block.locator(f"{LIVE} .response-col_description pre").first.inner_text())
     assert job["status"] in ("queued", "running") and job["image_url"] is None
     image = open_operation(docs, "get_job_image")
     image.locator("input[placeholder='job_id']").fill(job["id"])
@@ -124,5 +125,5 @@ def test_jobs_try_it_out_with_only_prompt_then_the_image_route_shows_it(docs):
 def test_jobs_try_it_out_with_the_readme_fields_is_accepted(docs):
     block = open_operation(docs, "create_job")
     assert execute_json(block, README_FIELDS) == "202"
-    job = json.loads(block.locator(".live-responses-table tr.response .response-col_description pre").first.inner_text())
+    job = json.loads(block.locator(f"{LIVE} .response-col_description pre").first.inner_text())
     assert (job["task"], job["adapter"], job["lora_scale"], job["width"]) == ("host_face", "host_person", 0.8, 1024)

@@ -204,7 +204,7 @@ def multipart_pairs(header: str, raw: bytes) -> list[tuple[str, str]]:
     try:
         parser.write(raw)
         parser.finalize()
-    except FormParserError as exc:
+    except (FormParserError, ValueError) as exc:
         raise InvalidRequest(f"the multipart body does not parse: {exc}") from None
     pairs = []
     for part in parts:

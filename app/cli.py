@@ -18,14 +18,14 @@ logger = logging.getLogger("flux_service.cli")
 
 
 def _settings(args):
-    from pipelines.settings import Settings
+    from pipelines.settings import load_settings
 
     overrides = {}
     for field in ("model_path", "model_type", "tasks_file", "device", "dtype"):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
-    return Settings(**overrides)
+    return load_settings(**overrides)  # a bad FLUX_* value: one `error (config_error): FLUX_X: ...` line
 
 
 def _engine(args):

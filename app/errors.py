@@ -53,6 +53,12 @@ class Unauthorized(FluxServiceError):
     type = "unauthorized"
 
 
+class Forbidden(FluxServiceError):
+    """A browser request from a web origin the service does not allow (``app/origin_guard.py``)."""
+
+    type = "forbidden_origin"
+
+
 class PayloadTooLarge(FluxServiceError):
     type = "payload_too_large"
 
@@ -71,6 +77,7 @@ _STATUS: list[tuple[type[FluxServiceError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (PayloadTooLarge, 413),
     (Overloaded, 503),
     (OutOfMemory, 503),
@@ -133,7 +140,7 @@ def _validation_response(errors: list) -> JSONResponse:
     return JSONResponse(envelope("invalid_request", message, param), status_code=422)
 
 
-_HTTP_TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+_HTTP_TYPES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large"}
 
 

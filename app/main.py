@@ -28,6 +28,7 @@ from .body_limit import BodyLimit
 from .errors import install_error_handlers
 from .jobs import JobStore
 from .metrics import Metrics
+from .origin_guard import OriginGuard
 from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"],
                            expose_headers=generate.RESULT_HEADERS + ["Location"])
+    app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # outermost: 403 before any work
     return app
 
 

@@ -91,7 +91,7 @@ class FluxEngine:
         pipe = load_pipeline(source, device, dtype)
         engine = cls(pipe, source, settings, device, dtype, tasks)
         logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident, %.1fs%s",
-                    source.label, source.model_type, device, str(dtype).removeprefix("torch."),
+                    "demo" if source.demo else source.path, source.model_type, device, str(dtype).removeprefix("torch."),
                     len(engine.tasks.tasks), len(engine._resident), time.perf_counter() - started,
                     "  [DEMO MODEL: random weights]" if source.demo else "")
         return engine

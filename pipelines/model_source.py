@@ -34,7 +34,16 @@ class ModelSource:
 
     @property
     def label(self) -> str:
-        return "demo" if self.demo else str(self.path)
+        """The model as clients see it (``/api/tasks``, job info, PNG metadata): ``demo``, the folder relative
+        to the models folder (``flux1-dev``), or only the folder's name when it lies outside. Never an absolute
+        path: it tells a client where the server keeps its files (and often the user name). Logs show the path."""
+        if self.demo:
+            return "demo"
+        try:
+            rel = self.path.resolve().relative_to(self.models_root.resolve()).as_posix()
+        except (ValueError, OSError):
+            rel = ""
+        return rel if rel not in ("", ".") else self.path.resolve().name
 
 
 def download_hint(model_type: str, path: Path | str) -> str:

@@ -216,12 +216,14 @@ def cmd_tasks(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from app.http_guard import server_options
     from app.main import create_app
 
     settings = _settings(args).model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
                                                   if v is not None})
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None)
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                **server_options(settings))  # header/body timeouts, connection limit (app/http_guard.py)
     return 0
 
 

@@ -13,9 +13,10 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pipelines.errors import (
     AdapterError,
@@ -161,6 +162,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "no such route; see /docs for the API"
         return JSONResponse(envelope(type_, message), status_code=exc.status_code, headers=exc.headers)
 
+    async def on_client_disconnect(req: Request, _exc: ClientDisconnect) -> Response:
+        # the client left (or was cut off by FLUX_BODY_TIMEOUT_S) before its body was read: not our error
+        logger.info("client disconnected before its request body was read (%s %s)", req.method, req.url.path)
+        return Response(status_code=400)  # never delivered: the connection is gone
+
     async def on_unexpected(_req: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error while serving a request")
         return JSONResponse(envelope("internal_error", "internal server error; the log has the details"),
@@ -170,4 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ValidationError, on_pydantic_validation)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

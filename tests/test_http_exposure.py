@@ -9,38 +9,24 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from pipelines.demo_model import ensure_demo_model
 from pipelines.model_source import ModelSource
-from pipelines.settings import Settings
-from tests.http_support import SMALL, LiveServer, metric, png_info
-
-ALLOWED = "http://a.example"
+from tests.hardening_support import ALLOWED_ORIGIN as ALLOWED
+from tests.hardening_support import MODEL_LABEL, hardened_server, user_models_dir
+from tests.http_support import SMALL, metric, png_info
 
 
 @pytest.fixture(scope="module")
 def models_dir():
-    """A user's models folder made of the demo files: the model at ``checkpoints/my-flux`` (absolute path)."""
-    root = Path(tempfile.mkdtemp(prefix="flux-exposure-"))
-    demo = ensure_demo_model(Settings(_env_file=None).demo_cache_dir)
-    shutil.copytree(demo / "flux1-dev", root / "models" / "checkpoints" / "my-flux")
-    shutil.copytree(demo / "lora", root / "models" / "lora")
-    yield root / "models"
-    shutil.rmtree(root, ignore_errors=True)
+    return user_models_dir()
 
 
 @pytest.fixture(scope="module")
-def server(models_dir):
-    s = LiveServer(FLUX_MODELS_DIR=str(models_dir), FLUX_MODEL_PATH=str(models_dir / "checkpoints" / "my-flux"),
-                   FLUX_CORS_ORIGINS=ALLOWED)
-    yield s
-    s.stop()
+def server():
+    return hardened_server()
 
 
 @pytest.fixture()
@@ -103,14 +89,14 @@ def test_same_host_on_another_port_is_another_origin(client, server):
 def test_model_path_is_relative_to_the_models_folder_everywhere(client, models_dir):
     secret = str(models_dir.parent)
     tasks = client.get("/api/tasks")
-    assert tasks.json()["model"] == "checkpoints/my-flux" and tasks.json()["demo"] is False
+    assert tasks.json()["model"] == MODEL_LABEL and tasks.json()["demo"] is False
     assert secret not in tasks.text
 
     r = client.post("/api/generate-image", data={"prompt": "p", "use_model_manager": "true", "task": "host_face",
                                                  **SMALL})
     assert r.status_code == 200
     _, info = png_info(r.content)
-    assert info["model"] == "checkpoints/my-flux"
+    assert info["model"] == MODEL_LABEL
     assert secret not in json.dumps(info) and secret not in json.dumps(dict(r.headers))
 
     job = client.post("/api/jobs", json={"prompt": "p", **SMALL}).json()
@@ -119,7 +105,7 @@ def test_model_path_is_relative_to_the_models_folder_everywhere(client, models_d
         if done["status"] in ("succeeded", "failed"):
             break
         time.sleep(0.1)
-    assert done["status"] == "succeeded" and done["info"]["model"] == "checkpoints/my-flux"
+    assert done["status"] == "succeeded" and done["info"]["model"] == MODEL_LABEL
     assert secret not in json.dumps(done)
     image = client.get(done["image_url"])
     assert secret not in json.dumps(png_info(image.content)[1])

@@ -9,8 +9,10 @@ Why this module: FastAPI derives most of the document from the routes, but four 
    the body ``... | Unset`` without importing ``Unset``), which is how issue 9 found it. Multipart and
    urlencoded forms (``curl -F``, ``FormData``) are accepted with the same fields and rules and are described
    in prose (the API description, docs/http-api.md). Swagger UI shows the JSON body with a working example.
-2. Errors: every status a route can return is listed with the error envelope (``error_responses``);
-   FastAPI's own 422 shape, which this service never sends, is removed.
+2. Errors: every status a route can return is listed with the error envelope (``error_responses``; 403 for
+   a refused ``Origin`` on every route and 408 for a slow body on routes with one are added here, since
+   middleware and the HTTP protocol send them); FastAPI's own 422 shape, which this service never sends,
+   is removed.
 3. Security follows the configuration: Bearer auth and 401 only when ``FLUX_API_KEY`` is set.
 4. PNG answers are binary with every ``X-*`` header described, from the table the route sends them from.
 """
@@ -24,7 +26,9 @@ from .errors import ErrorEnvelope
 #: what each error status means, wherever it is documented (docs/http-api.md has the same table)
 STATUS_TEXT = {
     401: "`FLUX_API_KEY` is set and `Authorization: Bearer <key>` is missing or wrong",
+    403: "the request carries an `Origin` that is neither this service's nor in `FLUX_CORS_ORIGINS`",
     404: "unknown or expired job",
+    408: "the body did not arrive within `FLUX_BODY_TIMEOUT_S` after the headers",
     409: "the job has no image (yet): it has not succeeded",
     413: "the body is larger than `FLUX_MAX_BODY_BYTES`",
     422: "a field is missing, malformed, out of bounds or inconsistent (`param` names it)",
@@ -89,8 +93,16 @@ def install(app: FastAPI, *, params_model, api_key_set: bool) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _envelope(code: int) -> dict:
+    return {"description": STATUS_TEXT[code],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
+
+
 def _fix_operation(operation: dict, api_key_set: bool) -> None:
-    responses = operation.get("responses", {})
+    responses = operation.setdefault("responses", {})
+    responses.setdefault("403", _envelope(403))  # app/origin_guard.py, before any route
+    if "requestBody" in operation:
+        responses.setdefault("408", _envelope(408))  # app/http_guard.py, while the body arrives
     default_422 = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
     if default_422.get("$ref", "").endswith("/HTTPValidationError"):
         del responses["422"]  # FastAPI's own shape for path parameters; a string id never fails it

@@ -7,7 +7,8 @@ render 科普主持人 as "science presenter" today and "popular science host" a
 pins it. It is applied first; a translator only sees what the glossary left.
 
 Matching is deterministic: scanning left to right, at each position the longest glossary term that starts
-there wins (演播室背景 before 演播室 before 背景), and replaced text is never scanned again. Chinese
+there wins (演播室背景 before 演播室 before 背景), and replaced text is never scanned again. Chinese terms
+match anywhere (Chinese has no spaces); a term written in Latin letters matches whole words only. Chinese
 punctuation (，、。；：！？（）“” and full-width forms) becomes its ASCII form, since T5 maps it to its
 unknown token. Text the glossary does not touch is kept byte for byte, so an English prompt comes out
 unchanged. Spaces are added only where a replacement would otherwise glue two words together.
@@ -62,7 +63,7 @@ class Glossary:
             hit = None
             for length in range(min(self._max_len, n - i), 0, -1):
                 key = text[i:i + length]
-                if key in self.terms:
+                if key in self.terms and _whole_word(text, i, i + length):
                     hit = (key, self.terms[key])
                     break
             if hit is None:
@@ -104,6 +105,16 @@ def join_pieces(pieces: list[tuple[str, bool]]) -> str:
         out += text
         last_replaced = replaced
     return re.sub(r"[ \t]{2,}", " ", out).strip() if any(r for _, r in pieces) else out
+
+
+def _whole_word(text: str, start: int, end: int) -> bool:
+    """An ASCII term (e.g. "LoRA") matches whole words only; a Chinese term matches anywhere (no spaces)."""
+    def ascii_word(ch: str) -> bool:
+        return ch.isascii() and ch.isalnum()
+
+    if ascii_word(text[start]) and start > 0 and ascii_word(text[start - 1]):
+        return False
+    return not (ascii_word(text[end - 1]) and end < len(text) and ascii_word(text[end]))
 
 
 def _wordish(ch: str) -> bool:

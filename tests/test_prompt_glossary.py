@@ -103,3 +103,9 @@ def test_explicit_missing_glossary_is_a_config_error_but_default_missing_is_empt
         load_glossary(tmp_path / "nope.toml", explicit=True)
     empty = load_glossary(tmp_path / "nope.toml", explicit=False)
     assert len(empty) == 0 and empty.apply("微笑，正面").text == "微笑, 正面"  # punctuation only
+
+
+def test_latin_terms_match_whole_words_only():
+    g = Glossary(source=None, terms={"host": "presenter", "微笑": "smiling"})
+    assert g.apply("ghost host hosting").text == "ghost presenter hosting"
+    assert g.apply("微笑host").text == "smiling presenter"

@@ -18,6 +18,20 @@ PROMPT_HEADERS = ["X-Prompt-Translate", "X-Prompt-Original", "X-Prompt-English",
                   "X-Prompt-Glossary", "X-Prompt-Translated", "X-Prompt-Translator", "X-T5-Unknown-Before",
                   "X-T5-Unknown-After"]
 
+#: what each prompt header says (published in the OpenAPI document with the other result headers)
+PROMPT_HEADER_DOCS = {
+    "X-Prompt-Translate": "The translate mode used: auto, glossary or off.",
+    "X-Prompt-Original": "JSON string (ASCII-escaped): the prompt as the client sent it.",
+    "X-Prompt-English": "JSON string: the prompt after the glossary and the translation model.",
+    "X-Prompt-Clip": "JSON string: the text CLIP read (after truncation to 77 tokens).",
+    "X-Prompt-T5": "JSON string: the text T5 read.",
+    "X-Prompt-Glossary": "JSON list of [term, English] glossary entries applied.",
+    "X-Prompt-Translated": "JSON list of [source, English] pieces the translation model translated.",
+    "X-Prompt-Translator": "JSON: the translation model used, or null.",
+    "X-T5-Unknown-Before": "Share of the typed prompt T5 maps to its unknown token (0..1).",
+    "X-T5-Unknown-After": "Share of the encoded prompt T5 maps to its unknown token (0..1).",
+}
+
 
 def _json(value) -> str:
     return json.dumps(value, ensure_ascii=True)

@@ -20,7 +20,7 @@ is not a scalar, a list or an object, is JSON text in a form).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from annotated_types import Ge, Le, MaxLen
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -65,6 +65,9 @@ class GenerateParams(BaseModel):
     num_inference_steps: int = Field(default=None, ge=1, description="Default: the task's or the model's.")
     guidance_scale: float = Field(default=None, ge=0.0, le=MAX_GUIDANCE,
                                   description="Default: the task's or the model's.")
+    translate: Literal["auto", "glossary", "off"] = Field(
+        default=None, description="Chinese prompts: auto (glossary, then the translation model for what T5 cannot "
+        "read), glossary, off (as typed); default: the server's FLUX_TRANSLATE (auto).")
 
     @model_validator(mode="before")
     @classmethod
@@ -98,7 +101,7 @@ class GenerateParams(BaseModel):
         return GenerationRequest(
             prompt=self.prompt, task=self.task if self.use_model_manager else None, lora_alpha=self.lora_alpha,
             width=self.width, height=self.height, num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale, seed=self.seed)
+            guidance_scale=self.guidance_scale, seed=self.seed, translate=self.translate)
 
 
 def _tightened(name: str, *constraints) -> tuple:

@@ -18,6 +18,7 @@ from pipelines.errors import Cancelled, DeadlineExceeded
 from ..deps import worker_of
 from ..job import Job
 from ..openapi import error_responses, png_response, request_body
+from ..prompt_headers import PROMPT_HEADER_DOCS, PROMPT_HEADERS, prompt_headers
 from ..submission import submit
 
 router = APIRouter()
@@ -25,13 +26,15 @@ router = APIRouter()
 #: every header a browser script may read (CORS ``expose_headers``)
 RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Lora-Scale", "X-Seed", "X-Steps",
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
-                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "Retry-After"]
+                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "Retry-After", *PROMPT_HEADERS]
 
 #: what each result header says; the OpenAPI document describes every ``X-*`` name of RESULT_HEADERS from this
 HEADER_DOCS = {
     "X-Task": "The task used, or `none` (base model).",
     "X-Adapter": "The LoRA adapter name, or `none`.",
     "X-Adapter-File": "The adapter's file relative to the models folder, or `none`.",
+    "X-Adapter-Hash": "sha256 of the adapter file, first 12 hex digits (as `flux-service lora inspect` prints), or `none`.",
+    "X-Adapter-Warnings": "JSON list (ASCII-escaped) of warnings about the adapter, e.g. the demo LoRA standing in for yours.",
     "X-Lora-Scale": "The LoRA strength applied (0 without a LoRA).",
     "X-Seed": "The seed used (send it back as `seed` to get the same image).",
     "X-Steps": "Denoising steps run.",
@@ -43,6 +46,7 @@ HEADER_DOCS = {
     "X-Demo-Model": "`true` when the embedded demo model (random weights) made the image.",
     "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...",
     "X-Job-Id": "The id of the job that made it.",
+    **PROMPT_HEADER_DOCS,
 }
 
 
@@ -67,6 +71,7 @@ def result_headers(job: Job) -> dict[str, str]:
         # ensure_ascii: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not
         "X-Prompt-Warnings": json.dumps(info.warnings, ensure_ascii=True),
         "X-Job-Id": job.id,
+        **prompt_headers(info),  # what the prompt stage sent to each text encoder (app/prompt_headers.py)
     }
 
 

@@ -33,8 +33,10 @@ HEADER_DOCS = {
     "X-Task": "The task used, or `none` (base model).",
     "X-Adapter": "The LoRA adapter name, or `none`.",
     "X-Adapter-File": "The adapter's file relative to the models folder, or `none`.",
-    "X-Adapter-Hash": "sha256 of the adapter file, first 12 hex digits (as `flux-service lora inspect` prints), or `none`.",
-    "X-Adapter-Warnings": "JSON list (ASCII-escaped) of warnings about the adapter, e.g. the demo LoRA standing in for yours.",
+    "X-Adapter-Hash": "sha256 of the adapter file, first 12 hex digits (as `flux-service lora inspect` prints), "
+                      "or `none`.",
+    "X-Adapter-Warnings": "JSON list (ASCII-escaped) of warnings about the adapter, e.g. the demo LoRA standing in "
+                          "for yours.",
     "X-Lora-Scale": "The LoRA strength applied (0 without a LoRA).",
     "X-Seed": "The seed used (send it back as `seed` to get the same image).",
     "X-Steps": "Denoising steps run.",

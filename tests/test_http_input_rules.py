@@ -129,16 +129,18 @@ def test_invalid_utf8_is_422_in_json_urlencoded_and_multipart(client):
 
 
 def test_valid_utf8_chinese_prompt_is_read_intact_from_multipart_and_urlencoded(client):
+    """translate=off: the prompt reaches the model exactly as typed, so the PNG's record shows the decoding."""
     from urllib.parse import quote
 
     prompt = "科普主持人"
     for body, ctype in [
-        (f"prompt={quote(prompt)}&width=64&height=64&num_inference_steps=1".encode(),
+        (f"prompt={quote(prompt)}&width=64&height=64&num_inference_steps=1&translate=off".encode(),
          "application/x-www-form-urlencoded"),
         (b'--XX\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n' + prompt.encode() +
          b'\r\n--XX\r\nContent-Disposition: form-data; name="width"\r\n\r\n64'
          b'\r\n--XX\r\nContent-Disposition: form-data; name="height"\r\n\r\n64'
-         b'\r\n--XX\r\nContent-Disposition: form-data; name="num_inference_steps"\r\n\r\n1\r\n--XX--\r\n',
+         b'\r\n--XX\r\nContent-Disposition: form-data; name="num_inference_steps"\r\n\r\n1'
+         b'\r\n--XX\r\nContent-Disposition: form-data; name="translate"\r\n\r\noff\r\n--XX--\r\n',
          "multipart/form-data; boundary=XX"),
     ]:
         r = client.post("/api/generate-image", content=body, headers={"content-type": ctype})

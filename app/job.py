@@ -49,6 +49,9 @@ class Job:
     enqueued_mono: float = field(default_factory=time.monotonic)
     #: set by whoever wants it stopped; the worker raises it at the next denoising step
     stop_reason: FluxServiceError | None = None
+    #: event streams that asked for live previews (app/live_preview.py), and the newest preview (or None)
+    preview_watchers: int = 0
+    preview: dict | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -7,6 +7,8 @@ are kept per ``job_ttl_s`` / ``max_jobs_kept`` (see ``app/jobs.py``).
 Events (``GET /api/jobs/{id}/events``, ``text/event-stream``): ``queued`` {position} (1 = next),
 ``running`` {step, total}, ``progress`` {step, total}, then exactly one of ``succeeded`` / ``failed`` /
 ``cancelled`` (data: the job) and the stream ends. A reader that connects late first gets the current state.
+With ``?preview=true`` the stream also carries ``preview`` {step, total, width, height, image} events: a
+small JPEG data URL of the latents every few steps (app/live_preview.py); without it none is computed.
 """
 
 from __future__ import annotations
@@ -72,9 +74,20 @@ def _sse(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _event_stream(job: Job):
+async def _event_stream(job: Job, previews: bool = False):
+    if previews:  # only the event loop touches the count; the worker thread just reads it
+        job.preview_watchers += 1
+    try:
+        async for chunk in _events(job, previews):
+            yield chunk
+    finally:
+        if previews:
+            job.preview_watchers -= 1
+
+
+async def _events(job: Job, previews: bool):
     state, index = job.snapshot()
-    last_step, last_position = -1, None
+    last_step, last_position, last_preview = -1, None, -1
     if state["status"] in TERMINAL:
         yield _sse(state["status"], state)
         return
@@ -85,10 +98,20 @@ async def _event_stream(job: Job):
         last_step = state["step"]
         yield _sse("running", {"step": state["step"], "total": state["total"]})
         yield _sse("progress", {"step": state["step"], "total": state["total"]})
+        shown = job.preview
+        if previews and shown is not None:  # a late reader sees the current picture at once
+            last_preview = shown["step"]
+            yield _sse("preview", shown)
     while True:
         events = job.events_since(index)
         index += len(events)
         for name, data in events:
+            if name == "preview":
+                shown = job.preview  # the newest one; None once the job has finished
+                if previews and shown is not None and shown["step"] > last_preview:
+                    last_preview = shown["step"]
+                    yield _sse("preview", shown)
+                continue
             if name == "progress":
                 if data["step"] <= last_step:
                     continue
@@ -111,7 +134,8 @@ async def _event_stream(job: Job):
 
 @router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
             responses={200: {"content": {"text/event-stream": {}}}, **_NOT_FOUND}, response_class=StreamingResponse)
-async def job_events(job_id: str, request: Request) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, preview: bool = False) -> StreamingResponse:
+    """``preview=true``: also send ``preview`` events (a small JPEG of the latents every few steps)."""
     job = jobs_of(request).get(job_id)
-    return StreamingResponse(_event_stream(job), media_type="text/event-stream",
+    return StreamingResponse(_event_stream(job, preview), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

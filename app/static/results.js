@@ -1,5 +1,6 @@
 // The result panel: one image or a with/without-LoRA pair, each with what was used to make it.
 import { $, fmt, seedOf } from "./dom.js";
+import { state } from "./state.js";
 
 function detailRows(job) {
   const i = job.info || {};
@@ -40,6 +41,7 @@ function renderDetails(dl, job) {
 }
 
 export function showEntry(entry) {
+  state.shown = entry; // what the "Reuse settings" buttons restore
   $("result-empty").hidden = true;
   const compare = entry.kind === "compare";
   $("single").hidden = compare;

@@ -9,10 +9,15 @@ const FIELD_ZH = {
   height: "高度", seed: "随机种子", num_inference_steps: "步数", guidance_scale: "引导系数",
 };
 
+const got = (v) => (v ? `（收到 ${v}）` : "");
+
 // [pattern on the English message, Chinese sentence from the field label and the captured values]
 const PATTERNS = [
-  [/must be a multiple of (\d+), got (\S+)/, (f, m) => `${f}必须是 ${m[1]} 的倍数（收到 ${m[2]}）`],
-  [/must be between (\S+) and (\S+), got (\S+)/, (f, m) => `${f}必须在 ${m[1]} 到 ${m[2]} 之间（收到 ${m[3]}）`],
+  [/(?:must|should) be a multiple of (\d+)(?:, got (\S+))?/, (f, m) => `${f}必须是 ${m[1]} 的倍数${got(m[2])}`],
+  [/must be between (\S+) and (\S+), got (\S+)/, (f, m) => `${f}必须在 ${m[1]} 到 ${m[2]} 之间${got(m[3])}`],
+  [/should be less than or equal to (\S+?),?(?: got (\S+))?$/, (f, m) => `${f}不能大于 ${m[1]}${got(m[2])}`],
+  [/should be greater than or equal to (\S+?),?(?: got (\S+))?$/, (f, m) => `${f}不能小于 ${m[1]}${got(m[2])}`],
+  [/at most (\d+) characters/, (f, m) => `${f}最多 ${m[1]} 个字符`],
   [/is (\d+) characters; the limit is (\d+)/, (f, m) => `${f}有 ${m[1]} 个字符，上限是 ${m[2]}`],
   [/must be a non-empty string/, (f) => `请填写${f}`],
   [/must be an? (whole number|integer)|valid integer/, (f) => `${f}必须是整数`],

@@ -15,6 +15,12 @@ import sys
 from pathlib import Path
 
 logger = logging.getLogger("flux_service.cli")
+#: set by main() for generate/compare: shows each warning once per run (app/console.py)
+_once = None
+
+
+def _unseen(warnings_: list[str]) -> list[str]:
+    return _once.unseen(warnings_) if _once is not None else list(warnings_)
 
 
 def _settings(args):
@@ -70,7 +76,7 @@ def _print_info(info, path: Path) -> None:
     print(f"saved {path}  task={info.task or '-'}  LoRA: {lora}  seed={info.seed}  {info.width}x{info.height}  "
           f"steps={info.num_inference_steps}  guidance={info.guidance_scale:g}  {info.timings.get('total_s', 0):.2f}s"
           + ("  [DEMO MODEL]" if info.demo else ""))
-    for w in info.warnings:
+    for w in _unseen(info.warnings):
         print(f"warning: {w}", file=sys.stderr)
 
 
@@ -112,7 +118,7 @@ def cmd_compare(args) -> int:
         with_lora.image.save(out.with_name("test_with_lora.png"))
     print(f"saved {out} (left: without LoRA, right: with {with_lora.info.adapter_file} at "
           f"alpha={with_lora.info.lora_scale:g}; seed {seed})" + ("  [DEMO MODEL]" if engine.is_demo else ""))
-    for w in with_lora.info.warnings:
+    for w in _unseen(with_lora.info.warnings + without.info.warnings):
         print(f"warning: {w}", file=sys.stderr)
     return 0
 
@@ -287,9 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _once
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .console import WarningsOnce, quiet_third_party
+
+    quiet_third_party(verbose=args.verbose)
+    if args.command in ("generate", "compare"):
+        _once = WarningsOnce()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_once)
     from pipelines.errors import FluxServiceError
 
     try:

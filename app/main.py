@@ -23,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipelines.errors import FluxServiceError
 from pipelines.settings import Settings
 
+from .access_log import quiet_health_checks
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
 from .jobs import JobStore
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     app.state.engine = app.state.worker = None
 
     install_error_handlers(app)
+    quiet_health_checks(not settings.log_health_checks)
     guarded = [Depends(require_api_key)]
     app.include_router(generate.router, dependencies=guarded, tags=["generate"])
     app.include_router(jobs.router, dependencies=guarded, tags=["jobs"])

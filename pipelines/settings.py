@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     job_ttl_s: float = Field(default=3600.0, gt=0, description="How long finished jobs are kept.")
     max_jobs_kept: int = Field(default=100, ge=1, description="How many finished jobs are kept at most.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
+    log_health_checks: bool = Field(
+        default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

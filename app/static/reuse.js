@@ -5,10 +5,12 @@ import { onTaskChange, showStrength, updateButtons } from "./form.js";
 import { clearErrors } from "./messages.js";
 import { state } from "./state.js";
 
-// The prompt as the user typed it. The page keeps the fields it sent (`fields`); a PNG only has the prompt
-// as sent to the model, after the task's trigger words and template: undo those (the inverse of
-// form.js taskPrompt), so generating again does not add them twice.
+// The prompt as the user typed it. The page keeps the fields it sent (`fields`); a result records it as
+// `prompt_original` when the server has the prompt stage (translation); otherwise only the prompt as sent to
+// the model is known, after the task's trigger words and template: undo those (the inverse of form.js
+// taskPrompt), so generating again does not add them twice.
 function typedPrompt(info, task) {
+  if (info.prompt_original) return info.prompt_original;
   let p = info.prompt || "";
   if (!task) return p;
   const trig = task.trigger_words && task.trigger_words.length ? task.trigger_words.join(", ") + ", " : "";

@@ -43,15 +43,15 @@ class Job:
     info: GenerationInfo | None = None
     png: bytes | None = None
     error: FluxServiceError | None = None
+    #: event streams that asked for live previews (app/live_preview.py), and the newest preview (or None)
+    preview_watchers: int = 0
+    preview: dict | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
     enqueued_mono: float = field(default_factory=time.monotonic)
     #: set by whoever wants it stopped; the worker raises it at the next denoising step
     stop_reason: FluxServiceError | None = None
-    #: event streams that asked for live previews (app/live_preview.py), and the newest preview (or None)
-    preview_watchers: int = 0
-    preview: dict | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

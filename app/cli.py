@@ -23,6 +23,12 @@ def _unseen(warnings_: list[str]) -> list[str]:
     return _once.unseen(warnings_) if _once is not None else list(warnings_)
 
 
+def _warn(w: str) -> None:
+    """Print a result's warning unless this run has already shown it (the log may have)."""
+    for text in _unseen([w]):
+        print(f"warning: {text}", file=sys.stderr)
+
+
 def _settings(args):
     from pipelines.settings import Settings
 
@@ -76,8 +82,8 @@ def _print_info(info, path: Path) -> None:
     print(f"saved {path}  task={info.task or '-'}  LoRA: {lora}  seed={info.seed}  {info.width}x{info.height}  "
           f"steps={info.num_inference_steps}  guidance={info.guidance_scale:g}  {info.timings.get('total_s', 0):.2f}s"
           + ("  [DEMO MODEL]" if info.demo else ""))
-    for w in _unseen(info.warnings):
-        print(f"warning: {w}", file=sys.stderr)
+    for w in info.warnings:
+        _warn(w)
 
 
 def cmd_generate(args) -> int:
@@ -118,8 +124,8 @@ def cmd_compare(args) -> int:
         with_lora.image.save(out.with_name("test_with_lora.png"))
     print(f"saved {out} (left: without LoRA, right: with {with_lora.info.adapter_file} at "
           f"alpha={with_lora.info.lora_scale:g}; seed {seed})" + ("  [DEMO MODEL]" if engine.is_demo else ""))
-    for w in _unseen(with_lora.info.warnings + without.info.warnings):
-        print(f"warning: {w}", file=sys.stderr)
+    for w in with_lora.info.warnings + without.info.warnings:
+        _warn(w)
     return 0
 
 

@@ -23,11 +23,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipelines.errors import FluxServiceError
 from pipelines.settings import Settings
 
-from .access_log import quiet_health_checks
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
 from .jobs import JobStore
 from .metrics import Metrics
+from .access_log import quiet_health_checks  # noqa: I001 - kept apart from the lines others edit
 from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page

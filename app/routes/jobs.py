@@ -7,15 +7,13 @@ are kept per ``job_ttl_s`` / ``max_jobs_kept`` (see ``app/jobs.py``).
 Events (``GET /api/jobs/{id}/events``, ``text/event-stream``): ``queued`` {position} (1 = next),
 ``running`` {step, total}, ``progress`` {step, total}, then exactly one of ``succeeded`` / ``failed`` /
 ``cancelled`` (data: the job) and the stream ends. A reader that connects late first gets the current state.
-With ``?preview=true`` the stream also carries ``preview`` {step, total, width, height, image} events: a
-small JPEG data URL of the latents every few steps (app/live_preview.py); without it none is computed.
 """
 
 from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipelines.errors import Cancelled
@@ -32,6 +30,9 @@ router = APIRouter()
 _NOT_FOUND = {404: {"description": "unknown or expired job",
                     "content": {"application/json": {"schema": error_envelope_schema()}}}}
 KEEPALIVE_S = 15.0
+PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, image} while the job runs: a small "
+               "JPEG data URL (longest side <= 160 px) of the latents every few steps (app/live_preview.py); "
+               "without it none is computed")
 
 
 @router.post("/api/jobs", status_code=202, openapi_extra=request_body_openapi(), summary="Queue an image job",
@@ -134,8 +135,7 @@ async def _events(job: Job, previews: bool):
 
 @router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
             responses={200: {"content": {"text/event-stream": {}}}, **_NOT_FOUND}, response_class=StreamingResponse)
-async def job_events(job_id: str, request: Request, preview: bool = False) -> StreamingResponse:
-    """``preview=true``: also send ``preview`` events (a small JPEG of the latents every few steps)."""
+async def job_events(job_id: str, request: Request, preview: bool = Query(False, description=PREVIEW_DOC)) -> StreamingResponse:
     job = jobs_of(request).get(job_id)
     return StreamingResponse(_event_stream(job, preview), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,6 +1,6 @@
 // The result panel: one image or a with/without-LoRA pair, each with what was used to make it.
-import { $, fmt, seedOf } from "./dom.js";
 import { state } from "./state.js";
+import { $, fmt, seedOf } from "./dom.js";
 
 function detailRows(job) {
   const i = job.info || {};

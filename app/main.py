@@ -25,9 +25,9 @@ from pipelines.settings import Settings
 
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
+from .access_log import quiet_health_checks  # noqa: I001 - apart from the import lines other branches edit
 from .jobs import JobStore
 from .metrics import Metrics
-from .access_log import quiet_health_checks  # noqa: I001 - kept apart from the lines others edit
 from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page

@@ -25,7 +25,6 @@ from pipelines.settings import Settings
 
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
-from .access_log import quiet_health_checks  # noqa: I001 - apart from the import lines other branches edit
 from .jobs import JobStore
 from .metrics import Metrics
 from .routes import generate, jobs, meta, test_hooks
@@ -91,6 +90,8 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     app.state.engine = app.state.worker = None
 
     install_error_handlers(app)
+    from .access_log import quiet_health_checks  # here, not at the top: keeps `app.main` imports unchanged
+
     quiet_health_checks(not settings.log_health_checks)
     guarded = [Depends(require_api_key)]
     app.include_router(generate.router, dependencies=guarded, tags=["generate"])

@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     app.state.engine = app.state.worker = None
 
     install_error_handlers(app)
-    from .access_log import quiet_health_checks  # here, not at the top: keeps `app.main` imports unchanged
+    from .access_log import quiet_health_checks  # only the factory needs it
 
     quiet_health_checks(not settings.log_health_checks)
     guarded = [Depends(require_api_key)]

@@ -180,7 +180,8 @@ def test_a_png_made_by_the_service_restores_its_settings_when_opened_or_dropped(
 
     page = visit.page
     png = _service_png(server, prompt=TYPED, use_model_manager="true", task="styled_host", lora_alpha="0.6",
-                       width="48", height="32", num_inference_steps="3", guidance_scale="4.5", seed="4242")
+                       width="48", height="32", num_inference_steps="3", guidance_scale="4.5", seed="4242",
+                       translate="off")
     path = tmp_path / "styled_host_seed4242.png"
     path.write_bytes(png)
     expected = {"prompt": TYPED, "task": "styled_host", "strength": "0.6", "width": "48", "height": "32",
@@ -190,6 +191,7 @@ def test_a_png_made_by_the_service_restores_its_settings_when_opened_or_dropped(
     expect(page.locator("#form-note")).to_contain_text("styled_host_seed4242.png")
     assert form_values(page) == expected, "the typed prompt comes back without the trigger words and template"
     assert page.input_value("#guidance") == "4.5"
+    assert page.input_value("#translate") == "off"
     assert wait_image(page, "#result-image") == 48
     assert detail(page, "#details", "seed") == "4242"
     assert detail(page, "#details", "prompt").startswith("hostperson, sks, studio photo of")

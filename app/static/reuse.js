@@ -1,5 +1,5 @@
 // "Reuse settings": put what made a picture back into the form (prompt, task, strength, size, steps,
-// guidance, seed), from a result or Recent item of this page, or from a PNG made by the service.
+// guidance, seed, translate mode), from a result or Recent item of this page, or from a PNG made by the service.
 import { $ } from "./dom.js";
 import { onTaskChange, showStrength, updateButtons } from "./form.js";
 import { clearErrors } from "./messages.js";
@@ -34,6 +34,7 @@ export function settingsOf(job, fields) {
     width: i.width, height: i.height,
     num_inference_steps: i.num_inference_steps, guidance_scale: i.guidance_scale,
     seed: i.seed != null ? i.seed : job.seed,
+    translate: fields ? fields.translate : i.translate, // the prompt stage's mode (translate.js selector)
   };
 }
 
@@ -55,6 +56,11 @@ export function applySettings(s, source) {
   set("height", s.height);
   set("steps", s.num_inference_steps);
   set("guidance", s.guidance_scale);
+  const tr = $("translate");
+  if (tr && s.translate && [...tr.options].some((o) => o.value === s.translate)) {
+    tr.value = s.translate;
+    tr.dispatchEvent(new Event("change", { bubbles: true }));
+  }
   const hasSeed = s.seed != null && s.seed !== "" && Number(s.seed) >= 0;
   $("seed-random").checked = !hasSeed;
   $("seed").value = hasSeed ? String(s.seed) : "";

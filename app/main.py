@@ -102,6 +102,9 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     app.state.params_model = params_model(engine.settings if engine is not None else settings)
 
     install_error_handlers(app)
+    from .access_log import quiet_health_checks  # only the factory needs it
+
+    quiet_health_checks(not settings.log_health_checks)
     guarded = [Depends(require_api_key)]
     keyed = openapi.error_responses(401) if settings.api_key else {}  # 401 exists only with a key
     app.include_router(generate.router, dependencies=guarded, tags=["generate"], responses=keyed)

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
         default=200, ge=1, description="Open connections served at once; a request on a connection beyond it gets "
                                        "503 + Retry-After.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
+    log_health_checks: bool = Field(
+        default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."
+    )
 
     @field_validator("cors_origins")
     @classmethod

@@ -220,3 +220,24 @@ def test_replica_keeps_only_its_most_recent_loras_and_unload_is_exact(local_engi
     assert again.info.adapter_name == adapter.name
     assert np.array_equal(np.asarray(again.image), np.asarray(before_task))
     assert len(local_engine.resident_adapters()) == 1
+
+
+def test_serve_config_file_is_valid_and_builds_the_app():
+    """deploy/serve_config.yaml is what `serve deploy` and KubeRay read: schema-valid, and its import_path
+    builds the two deployments with the file's args."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "deploy" / "serve_config.yaml").read_text()))
+    (app_config,) = config.applications
+    assert app_config.import_path == "app.ray_serve:build_app"
+    from app.ray_serve import build_app
+
+    app = call_user_app_builder_with_args_if_necessary(build_app, app_config.args)
+    engine = app._bound_deployment.init_args[0]._bound_deployment
+    assert engine.name == "FluxEngine" and engine.num_replicas == app_config.args["replicas"]
+    assert engine.max_ongoing_requests == 1

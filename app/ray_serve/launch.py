@@ -16,16 +16,20 @@ logger = logging.getLogger(__name__)
 APP_NAME = "flux"
 
 
-def build_app(args: dict | None = None, settings=None):
-    from ray import serve
-
+def build_app(args: dict):
+    """The Serve application builder (Ray calls it with the config file's ``args``)."""
     from pipelines.settings import load_settings
+
+    return _build(args, load_settings())
+
+
+def _build(args: dict | None, settings):
+    from ray import serve
 
     from .engine_deployment import _cuda, engine_deployment
     from .ingress import FluxIngress
 
     args = dict(args or {})
-    settings = settings if settings is not None else load_settings()
     replicas = int(args.get("replicas", settings.ray_replicas))
     max_loras = int(args.get("max_loras", settings.ray_max_loras))
     cpus = float(args.get("cpus_per_replica", settings.ray_cpus_per_replica))
@@ -51,7 +55,7 @@ def start(settings, replicas: int, *, num_cpus: int | None = None, blocking: boo
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     started = time.perf_counter()
-    serve.run(build_app({"replicas": replicas}, settings=settings), name=APP_NAME, route_prefix="/",
+    serve.run(_build({"replicas": replicas}, settings), name=APP_NAME, route_prefix="/",
               blocking=blocking)
     logger.info("Ray Serve: %d engine replica(s) ready in %.1fs on http://%s:%d", replicas,
                 time.perf_counter() - started, settings.host, settings.port)

@@ -35,12 +35,27 @@ class RecordedAdapters:
         return 0
 
 
+def _planning_class():
+    from pipelines.engine import FluxEngine
+
+    class PlanningEngine(FluxEngine):
+        """``FluxEngine`` minus what needs weights: those calls say so instead of doing nothing."""
+
+        def generate(self, req, progress=None):
+            raise FluxServiceError("the Ray ingress does not generate; its engine replicas do")
+
+        def inject_fault_once(self, fault: BaseException) -> None:
+            raise FluxServiceError("the /_test/fault hook acts on the single-process engine only; behind Ray "
+                                   "the engine runs in the replicas")
+
+    return PlanningEngine
+
+
 def planning_engine(settings):
     """Task table, model source and LoRA files read and checked like ``FluxEngine.from_settings`` does."""
-    from pipelines.engine import FluxEngine
     from pipelines.model_source import resolve_model_source
     from pipelines.tasks import load_task_table
 
     tasks = load_task_table(settings.resolved_tasks_file())
     source = resolve_model_source(settings)
-    return FluxEngine(None, source, settings, "ray", None, tasks, adapters=RecordedAdapters())
+    return _planning_class()(None, source, settings, "ray", None, tasks, adapters=RecordedAdapters())

@@ -43,6 +43,13 @@ class RayCluster:
 
         return serve.get_deployment_handle("FluxEngine", app_name="flux")
 
+    def replica_ids(self) -> list[str]:
+        """The engine replicas' ids (= actor names in namespace "serve"), as X-Replica reports them."""
+        import ray
+
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA::flux#FluxEngine#")]
+
     def engine_status(self) -> str:
         from ray import serve
 

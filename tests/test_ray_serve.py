@@ -129,10 +129,10 @@ def test_job_progress_events_and_cancel_through_ray(cluster):
         names = [n for n, _ in events]
         assert names[-1] == "succeeded", events
         assert [d["step"] for n, d in events if n == "progress"][-1] == 3
-        running = next(d for n, d in events if n == "running")
-        assert running["replica"].startswith("SERVE_REPLICA::")
         done = events[-1][1]
-        assert done["replica"] == running["replica"]
+        assert done["replica"].startswith("SERVE_REPLICA::flux#FluxEngine#")
+        # a reader that connects while the job runs gets a synthesized "running" (no replica); a live one has it
+        assert all(d["replica"] == done["replica"] for n, d in events if n == "running" and "replica" in d)
         image = httpx.get(f"{cluster.url}/api/jobs/{job_id}/image", timeout=10)
         assert image.status_code == 200 and image.headers["X-Replica"] == done["replica"]
 
@@ -172,7 +172,31 @@ def test_page_and_docs_load_through_the_ray_ingress(cluster):
             browser.close()
 
 
-def test_a_replica_killed_mid_job_is_survived(cluster):
+def _cancelled_on_replicas(cluster) -> float:
+    lines = httpx.get(cluster.url + "/metrics", timeout=10).text.splitlines()
+    return sum(float(x.rsplit(" ", 1)[1]) for x in lines
+               if x.startswith('flux_replica_requests_total{outcome="cancelled"'))
+
+
+def test_client_disconnect_stops_the_work_on_the_replica(cluster):
+    before = _cancelled_on_replicas(cluster)
+    _step_delay(cluster, 0.3)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(cluster.url + "/api/generate-image", data={"prompt": "x", "width": "64", "height": "64",
+                                                                  "num_inference_steps": "40"},
+                       timeout=httpx.Timeout(10, read=1.5))
+        deadline = time.monotonic() + 8  # 40 steps would take 12 s; a stopped one ends within a step or two
+        while _cancelled_on_replicas(cluster) == before:
+            assert time.monotonic() < deadline, "the replica kept generating for a client that had left"
+            time.sleep(0.2)
+    finally:
+        _step_delay(cluster, 0)
+
+
+def test_replicas_killed_mid_request_are_survived(cluster):
+    """Both replicas killed while busy: the direct request gets a 503 envelope, the job is retried once and
+    succeeds on a replacement, Ray restarts both, the next requests succeed."""
     import ray
 
     _step_delay(cluster, 0.5)
@@ -181,27 +205,35 @@ def test_a_replica_killed_mid_job_is_survived(cluster):
                                                          "num_inference_steps": "6"}, timeout=10)
         job_id = r.json()["id"]
         job = _wait_job(cluster, job_id, lambda j: j["status"] == "running" and j["replica"] and j["step"] >= 1)
-        victim = job["replica"]
-        ray.kill(ray.get_actor(victim, namespace="serve"))
-        _step_delay(cluster, 0)
-        done = _wait_job(cluster, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"))
+        with ThreadPoolExecutor(1) as pool:
+            direct = pool.submit(httpx.post, cluster.url + "/api/generate-image",
+                                 data={"prompt": "x", "width": "64", "height": "64", "num_inference_steps": "6"},
+                                 timeout=120)
+            time.sleep(1.0)  # the other replica (the job's is busy) is now making it
+            victims = {job["replica"]} | set(cluster.replica_ids())
+            assert len(victims) == 2, victims
+            for name in victims:
+                ray.kill(ray.get_actor(name, namespace="serve"))
+            _step_delay(cluster, 0)
+            response = direct.result()
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["type"] == "overloaded" and "died" in response.json()["error"]["message"]
+        assert int(response.headers["Retry-After"]) >= 1
+        done = _wait_job(cluster, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 180)
     finally:
         _step_delay(cluster, 0)
     assert done["status"] == "succeeded", done  # retried once on a live replica: nothing accepted is lost
-    assert done["replica"] != victim
-    # Ray Serve starts a replacement; new requests keep succeeding meanwhile and after
-    deadline = time.monotonic() + 120
-    while True:
-        status = cluster.engine_status()
-        if status == "HEALTHY" or time.monotonic() > deadline:
-            break
+    assert done["replica"] not in victims
+    deadline = time.monotonic() + 180
+    while cluster.engine_status() != "HEALTHY":
+        assert time.monotonic() < deadline, "Ray did not restart the killed replicas"
         time.sleep(1)
-    assert status == "HEALTHY"
     codes = [httpx.post(cluster.url + "/api/generate-image", data={"prompt": "x", "seed": str(s), **SMALL},
                         timeout=60).status_code for s in range(3)]
     assert codes == [200, 200, 200]
     metrics = httpx.get(cluster.url + "/metrics", timeout=10).text
-    assert f'flux_replica_requests_total{{outcome="replica_died",replica="{victim}"}} 1.0' in metrics
+    for name in victims:
+        assert f'flux_replica_requests_total{{outcome="replica_died",replica="{name}"}} 1.0' in metrics
 
 
 def test_replica_keeps_only_its_most_recent_loras_and_unload_is_exact(local_engine):

@@ -206,6 +206,7 @@ class RayWorker(Worker):
                     self._count(job.replica, error.type)
                     self._finish(job, error)
         except (RequestCancelledError, asyncio.CancelledError):
+            self._count(job.replica, "cancelled")
             self._finish(job, job.stop_reason or Cancelled("cancelled"))
         finally:
             self._responses.pop(job, None)

@@ -8,6 +8,7 @@ was used, so a ``curl -o host.png`` user can still tell task, adapter, strength 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -70,8 +71,12 @@ async def wait_for_result(request: Request, job: Job) -> None:
             if job.status == "succeeded":  # finished in the same instant
                 return
             raise DeadlineExceeded(message)
-        if await job.wait_done(timeout=min(0.25, remaining)):
-            return
+        try:
+            if await job.wait_done(timeout=min(0.25, remaining)):
+                return
+        except asyncio.CancelledError:  # servers that cancel the handler on disconnect (Ray Serve's proxy)
+            worker.cancel(job, Cancelled("the client disconnected"))
+            raise
         if await request.is_disconnected():
             worker.cancel(job, Cancelled("the client disconnected"))
             return

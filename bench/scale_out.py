@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))] if s else float("nan")
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 def closed_loop(url: str, clients: int, total: int, size: int, steps: int) -> tuple[float, list[float], dict]:

@@ -27,8 +27,8 @@ class RayCluster:
 
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        base = dict(tasks_file=TEST_TASKS, queue_size=8, request_timeout_s=120, enable_test_hooks=True,
-                    host="127.0.0.1", port=self.port, ray_cpus_per_replica=0.5, ray_max_loras=1)
+        base = {"tasks_file": TEST_TASKS, "queue_size": 8, "request_timeout_s": 120, "enable_test_hooks": True,
+                    "host": "127.0.0.1", "port": self.port, "ray_cpus_per_replica": 0.5, "ray_max_loras": 1}
         base.update(overrides)
         self.settings = make_settings(**base)
         started = time.perf_counter()

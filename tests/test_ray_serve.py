@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,8 +62,8 @@ def _wait_job(cluster, job_id: str, pred, timeout: float = 120.0) -> dict:
 def test_concurrent_mixed_requests_are_bit_identical_and_use_both_replicas(cluster, local_engine):
     from pipelines.types import GenerationRequest
 
-    cases = [dict(seed=s) for s in (1, 2, 3)] + [dict(seed=s, task="host_face") for s in (4, 5)] + \
-            [dict(seed=6, task="host_face", lora_alpha=0.8)]
+    cases = [{"seed": s} for s in (1, 2, 3)] + [{"seed": s, "task": "host_face"} for s in (4, 5)] + \
+            [{"seed": 6, "task": "host_face", "lora_alpha": 0.8}]
 
     def call(case):
         form = {"prompt": "科普主持人 studio portrait", **SMALL, **{k: str(v) for k, v in case.items()}}

@@ -107,7 +107,7 @@ def engine_deployment(max_loras: int):
                     return "succeeded", {"png": result.png_bytes(), "info": result.info.to_dict()}
                 except FluxServiceError as exc:
                     return "error", error_data(exc)
-                except Exception:  # noqa: BLE001 - a bug fails one request, never the replica
+                except Exception:  # a bug fails one request, never the process
                     logger.exception("replica %s: generation failed unexpectedly", self.replica)
                     return "error", error_data(FluxServiceError("internal error while generating; the replica "
                                                                 "log has the details"))

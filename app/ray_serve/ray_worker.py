@@ -117,7 +117,11 @@ class RayWorker(Worker):
     # ------------------------------------------------------------------ one job through Ray
     async def _drive(self, job) -> None:
         from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+        from ray.serve.exceptions import (
+            BackPressureError,
+            DeploymentUnavailableError,
+            ReplicaUnavailableError,
+        )
 
         died_once = False
         held = False
@@ -155,7 +159,7 @@ class RayWorker(Worker):
                     return
         except asyncio.CancelledError:
             self._finish(job, job.stop_reason or Cancelled("cancelled"))
-        except Exception:  # noqa: BLE001 - a bug fails one job, never the ingress
+        except Exception:  # a bug fails one request, never the process
             if job.stop_reason is not None:
                 self._finish(job, job.stop_reason)
             else:

@@ -35,6 +35,17 @@ class RecordedAdapters:
         return 0
 
 
+class PassThroughPrompts:
+    """The ingress's prompt stage: none. Glossary and translation (perhaps a model) run once, in the replica
+    that generates; the ingress plans only to validate, fix the seed and fill defaults, which they never
+    change. The replica's result reports the prompt stage as in one process."""
+
+    def apply(self, prompt: str, mode: str):
+        from pipelines.prompt_stage import StagedPrompt
+
+        return StagedPrompt(mode=mode, original=prompt, english=prompt)
+
+
 def _planning_class():
     from pipelines.engine import FluxEngine
 
@@ -58,4 +69,5 @@ def planning_engine(settings):
 
     tasks = load_task_table(settings.resolved_tasks_file())
     source = resolve_model_source(settings)
-    return _planning_class()(None, source, settings, "ray", None, tasks, adapters=RecordedAdapters())
+    return _planning_class()(None, source, settings, "ray", None, tasks, adapters=RecordedAdapters(),
+                               prompt_stage=PassThroughPrompts())

@@ -15,6 +15,18 @@ import sys
 from pathlib import Path
 
 logger = logging.getLogger("flux_service.cli")
+#: set by main() for generate/compare: shows each warning once per run (app/console.py)
+_once = None
+
+
+def _unseen(warnings_: list[str]) -> list[str]:
+    return _once.unseen(warnings_) if _once is not None else list(warnings_)
+
+
+def _warn(w: str) -> None:
+    """Print a result's warning unless this run has already shown it (the log may have)."""
+    for text in _unseen([w]):
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def _settings(args):
@@ -76,7 +88,7 @@ def _print_info(info, path: Path) -> None:
               + (f", translator: {info.translator}" if info.translator else "")
               + f"; T5 unknown {info.t5_unknown_before:.0%} -> {info.t5_unknown_after:.0%})")
     for w in info.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        _warn(w)
 
 
 def cmd_generate(args) -> int:
@@ -117,8 +129,8 @@ def cmd_compare(args) -> int:
         with_lora.image.save(out.with_name("test_with_lora.png"))
     print(f"saved {out} (left: without LoRA, right: with {with_lora.info.adapter_file} at "
           f"alpha={with_lora.info.lora_scale:g}; seed {seed})" + ("  [DEMO MODEL]" if engine.is_demo else ""))
-    for w in with_lora.info.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    for w in with_lora.info.warnings + without.info.warnings:
+        _warn(w)
     return 0
 
 
@@ -309,9 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _once
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .console import WarningsOnce, quiet_third_party
+
+    quiet_third_party(verbose=args.verbose)
+    if args.command in ("generate", "compare"):
+        _once = WarningsOnce()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_once)
     from pipelines.errors import FluxServiceError
 
     try:

@@ -43,6 +43,9 @@ class Job:
     info: GenerationInfo | None = None
     png: bytes | None = None
     error: FluxServiceError | None = None
+    #: event streams that asked for live previews (app/live_preview.py), and the newest preview (or None)
+    preview_watchers: int = 0
+    preview: dict | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None

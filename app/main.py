@@ -98,6 +98,9 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     app.state.engine = app.state.worker = None
 
     install_error_handlers(app)
+    from .access_log import quiet_health_checks  # only the factory needs it
+
+    quiet_health_checks(not settings.log_health_checks)
     guarded = [Depends(require_api_key)]
     app.include_router(generate.router, dependencies=guarded, tags=["generate"])
     app.include_router(jobs.router, dependencies=guarded, tags=["jobs"])

@@ -21,6 +21,7 @@ from .adapters import AdapterStrategy, PeftAdapters
 from .errors import AdapterError, InvalidRequest, OutOfMemory
 from .lora_files import read_lora, resolve_weights_file
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
+from .preview import Preview, Previewer, preview_image
 from .prompt_check import check_prompt
 from .prompt_stage import TRANSLATE_MODES, PromptStage, StagedPrompt, build_prompt_stage
 from .settings import Settings, load_settings
@@ -243,8 +244,14 @@ class FluxEngine:
                     width=width, height=height, num_inference_steps=steps, guidance_scale=float(guidance),
                     seed=seed, notes=tuple(notes) + staged.notes, staged=staged, prompt_as_typed=as_typed)
 
-    def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
-        """Make one image. ``progress(step, total)`` may raise Cancelled/DeadlineExceeded to stop it."""
+    def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None,
+                 preview: Previewer | None = None) -> GenerationResult:
+        """Make one image. ``progress(step, total)`` may raise Cancelled/DeadlineExceeded to stop it.
+
+        ``preview`` (optional, see ``pipelines/preview.py``): after each step where ``preview.wants(step,
+        total)``, the latents are turned into a small picture and passed to ``preview.show``. Without it no
+        preview is ever computed. It runs after ``progress`` for the same step.
+        """
         import torch
 
         with self._lock:
@@ -264,15 +271,24 @@ class FluxEngine:
                 logger.warning("prompt: %s", w)
             total = plan.num_inference_steps
             marks: list[float] = []
+            preview_broken: list[bool] = []
             started = time.perf_counter()
 
-            def on_step_end(_pipe, i, _t, _kwargs):
+            def on_step_end(_pipe, i, _t, kwargs):
                 marks.append(time.perf_counter())
                 if self._fault is not None:
                     fault, self._fault = self._fault, None
                     raise fault
                 if progress is not None:
                     progress(i + 1, total)
+                if preview is not None and not preview_broken and preview.wants(i + 1, total):
+                    try:
+                        picture = preview_image(kwargs["latents"], plan.height, plan.width, self.pipe.vae_scale_factor)
+                    except Exception:  # noqa: BLE001 - a preview must never cost the image; said in the log
+                        logger.exception("live preview failed at step %d; no more previews for this image", i + 1)
+                        preview_broken.append(True)
+                    else:
+                        preview.show(Preview(i + 1, total, picture))
                 return {}
 
             if progress is not None:
@@ -288,6 +304,7 @@ class FluxEngine:
                     generator=torch.Generator(device="cpu").manual_seed(plan.seed),
                     max_sequence_length=self.settings.max_sequence_length,
                     callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
                 )
             except torch.OutOfMemoryError as exc:
                 del exc

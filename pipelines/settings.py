@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray Serve on CPU: CPUs (and torch threads) "
                                         "per engine replica.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
+    log_health_checks: bool = Field(
+        default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."
+    )
 
     @field_validator("cors_origins")
     @classmethod

@@ -1,9 +1,10 @@
 """The web page at ``/``, driven in headless Chromium against a real server process on the demo model.
 
-What a user does: type a Chinese prompt, pick ``host_face``, set the strength, generate, watch the progress
-bar, read what was used, compare with and without the LoRA on one seed, reopen a recent result, cancel a
+What a user does (at 1280x900): type a Chinese prompt, pick ``host_face``, set the strength, generate, watch
+the progress bar, read what was used, compare with and without the LoRA on one seed, reopen a recent result, cancel a
 long job, and (on a server with an API key) enter the key. Also checked: the demo-model banner, that the
-page asks no host but its own server (it must work offline), and that it fits a phone screen.
+page asks no host but its own server (it must work offline), and that it fits a phone screen. The live
+preview, "Reuse settings", PNG info and errors at 1440x900 are in tests/test_browser_workflow.py.
 
 Needs Debian's Chromium at /usr/bin/chromium (``make browser`` installs it); without it these tests FAIL.
 Screenshots and server logs go to ``test-artifacts/`` (git-ignored; CI keeps it as an artifact).
@@ -253,7 +254,7 @@ def test_generate_with_progress_then_compare_then_recent(visit, server):
 
     # Recent results: newest first; clicking the older one shows its image and details again.
     expect(page.locator("#recent li")).to_have_count(2)
-    page.locator("#recent li button").nth(1).click()
+    page.locator("#recent li button.recent-item").nth(1).click()
     expect(page.locator("#single")).to_be_visible()
     assert detail(page, "#details", "seed") == seed
     assert wait_image(page, "#result-image") == 256
@@ -261,7 +262,7 @@ def test_generate_with_progress_then_compare_then_recent(visit, server):
     # The strip survives a reload (sessionStorage); the full images are fetched again from the server.
     page.reload()
     expect(page.locator("#recent li")).to_have_count(2)
-    page.locator("#recent li button").first.click()
+    page.locator("#recent li button.recent-item").first.click()
     assert wait_image(page, "#compare-with") == 256
     assert page.inner_text("#compare-without-seed").strip() == with_seed
 

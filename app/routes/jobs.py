@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipelines.errors import Cancelled
@@ -30,6 +30,9 @@ router = APIRouter()
 _NOT_FOUND = {404: {"description": "unknown or expired job",
                     "content": {"application/json": {"schema": error_envelope_schema()}}}}
 KEEPALIVE_S = 15.0
+PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, image} while the job runs: a small "
+               "JPEG data URL (longest side <= 160 px) of the latents every few steps (app/live_preview.py); "
+               "without it none is computed")
 
 
 @router.post("/api/jobs", status_code=202, openapi_extra=request_body_openapi(), summary="Queue an image job",
@@ -72,9 +75,20 @@ def _sse(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _event_stream(job: Job):
+async def _event_stream(job: Job, previews: bool = False):
+    if previews:  # only the event loop touches the count; the worker thread just reads it
+        job.preview_watchers += 1
+    try:
+        async for chunk in _events(job, previews):
+            yield chunk
+    finally:
+        if previews:
+            job.preview_watchers -= 1
+
+
+async def _events(job: Job, previews: bool):
     state, index = job.snapshot()
-    last_step, last_position = -1, None
+    last_step, last_position, last_preview = -1, None, -1
     if state["status"] in TERMINAL:
         yield _sse(state["status"], state)
         return
@@ -85,10 +99,20 @@ async def _event_stream(job: Job):
         last_step = state["step"]
         yield _sse("running", {"step": state["step"], "total": state["total"]})
         yield _sse("progress", {"step": state["step"], "total": state["total"]})
+        shown = job.preview
+        if previews and shown is not None:  # a late reader sees the current picture at once
+            last_preview = shown["step"]
+            yield _sse("preview", shown)
     while True:
         events = job.events_since(index)
         index += len(events)
         for name, data in events:
+            if name == "preview":
+                shown = job.preview  # the newest one; None once the job has finished
+                if previews and shown is not None and shown["step"] > last_preview:
+                    last_preview = shown["step"]
+                    yield _sse("preview", shown)
+                continue
             if name == "progress":
                 if data["step"] <= last_step:
                     continue
@@ -111,7 +135,7 @@ async def _event_stream(job: Job):
 
 @router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
             responses={200: {"content": {"text/event-stream": {}}}, **_NOT_FOUND}, response_class=StreamingResponse)
-async def job_events(job_id: str, request: Request) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, preview: bool = Query(False, description=PREVIEW_DOC)) -> StreamingResponse:
     job = jobs_of(request).get(job_id)
-    return StreamingResponse(_event_stream(job), media_type="text/event-stream",
+    return StreamingResponse(_event_stream(job, preview), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

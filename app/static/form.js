@@ -2,6 +2,7 @@
 // and the form read into the fields of POST /api/jobs.
 import { $, fmt } from "./dom.js";
 import { api } from "./api.js";
+import { errorPlain } from "./errortext.js";
 import { showError, showGlobal } from "./messages.js";
 import { state } from "./state.js";
 import { translateMode } from "./translate.js";
@@ -23,7 +24,7 @@ export async function loadTasks() {
   } catch (e) {
     state.ready = false;
     showError(e);
-    if (!(e.status === 401 || e.status === 403)) showGlobal("无法读取任务列表 · Could not load the tasks: " + e.message);
+    if (!(e.status === 401 || e.status === 403)) showGlobal("无法读取任务列表 · Could not load the tasks: " + errorPlain(e));
   }
   updateButtons();
 }

@@ -1,4 +1,5 @@
 // The result panel: one image or a with/without-LoRA pair, each with what was used to make it.
+import { state } from "./state.js";
 import { $, fmt, seedOf } from "./dom.js";
 import { showPromptStage } from "./translate.js";
 
@@ -41,6 +42,7 @@ function renderDetails(dl, job) {
 }
 
 export function showEntry(entry) {
+  state.shown = entry; // what the "Reuse settings" buttons restore
   $("result-empty").hidden = true;
   const compare = entry.kind === "compare";
   $("single").hidden = compare;

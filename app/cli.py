@@ -238,6 +238,14 @@ def cmd_serve(args) -> int:
 
     settings = _settings(args).model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
                                                   if v is not None})
+    if args.ray:  # the same app behind Ray Serve's proxy, N engine replicas (app/ray_serve, docs/deploy.md)
+        try:
+            from app.ray_serve import serve_forever
+        except ImportError as exc:
+            print(f"error: --ray needs Ray Serve ({exc}); install it with pip install -e '.[ray]'", file=sys.stderr)
+            return 2
+        serve_forever(settings, args.replicas if args.replicas is not None else settings.ray_replicas)
+        return 0
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
                 **server_options(settings))  # header/body timeouts, connection limit (app/http_guard.py)
@@ -303,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (FLUX_HOST, default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (FLUX_PORT, default 8000)")
     s.add_argument("--log-level", dest="log_level", default="info")
+    s.add_argument("--ray", action="store_true",
+                   help="serve through Ray Serve: a local Ray instance, or the cluster at RAY_ADDRESS (needs the "
+                        "'ray' extra; see docs/deploy.md)")
+    s.add_argument("--replicas", type=int, help="with --ray: engine replicas, one GPU each (FLUX_RAY_REPLICAS)")
     model_opts(s)
     s.set_defaults(func=cmd_serve)
     return p

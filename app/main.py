@@ -52,8 +52,13 @@ an empty optional field means "not given", a list or object field as JSON text, 
 """
 
 
-def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine=None, backend=None) -> FastAPI:
     """Build the app. ``engine``: an already loaded ``FluxEngine`` (tests share one); None loads it at start-up.
+
+    ``backend``: where generations run. None: this process (``FluxEngine`` + the ``Worker`` thread). Ray Serve
+    (``app/ray_serve``) passes one with ``load_engine(settings)`` (a planning-only engine: validation, task
+    list, no weights) and ``make_worker(engine, queue_size, metrics)`` (a worker that submits to Ray replicas),
+    so both modes share every route, the page and the docs.
 
     Parameter limits (sizes, steps, prompt length) are enforced by ``engine.plan`` with the engine's own
     settings; they are this ``settings`` object unless a caller passes an engine built with other settings.
@@ -69,13 +74,14 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
             from pipelines.engine import FluxEngine
 
             try:
-                eng = await asyncio.to_thread(FluxEngine.from_settings, settings)
+                load = backend.load_engine if backend is not None else FluxEngine.from_settings
+                eng = await asyncio.to_thread(load, settings)
             except FluxServiceError as exc:
                 logger.error("start-up failed (%s): %s", exc.type, exc.message)
                 raise
         if eng.is_demo:
             logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
-        worker = Worker(eng, settings.queue_size, metrics)
+        worker = (backend.make_worker if backend is not None else Worker)(eng, settings.queue_size, metrics)
         worker.start()
         metrics.bind(worker, eng)
         app.state.engine, app.state.worker = eng, worker

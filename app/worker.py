@@ -117,6 +117,7 @@ class Worker:
                 job = self._queue.popleft()
                 self._running = job
                 job.status, job.position, job.started_at = "running", None, time.time()
+                job.replica = "local"
                 self._renumber()
             try:
                 self._run(job)

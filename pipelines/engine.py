@@ -150,6 +150,25 @@ class FluxEngine:
                     len(lora.modules), time.perf_counter() - started)
         return adapter
 
+    def ensure_adapter(self, file: str | Path) -> ResidentAdapter:
+        """Make the LoRA at ``file`` resident (a Ray replica's multiplexer loads a request's LoRA set here)."""
+        with self._lock:
+            return self._adapter_for(Path(file))
+
+    def unload_adapter(self, file: str | Path) -> bool:
+        """Free one resident LoRA so a replica holds at most its N most recently used (app/ray_serve). The
+        next request that needs it loads it again from the same file. Needs ``AdapterStrategy.unload``."""
+        with self._lock:
+            weights = resolve_weights_file(Path(file)).resolve()
+            adapter = self._resident.get(weights)
+            if adapter is None:
+                return False
+            self.adapters.unload(adapter.name)  # type: ignore[attr-defined]
+            del self._resident[weights]
+            logger.info("LoRA unloaded: %s (adapter %r); it loads again when a request needs it",
+                        weights, adapter.name)
+            return True
+
     def resident_adapters(self) -> list[ResidentAdapter]:
         return list(self._resident.values())
 
@@ -176,6 +195,8 @@ class FluxEngine:
             adapter, default_alpha = self._adapter_for(located), 1.0
         elif task is not None and task.lora:
             adapter, default_alpha = self._task_adapters[task.name], task.lora_alpha
+            if adapter.file not in self._resident:  # unloaded by a Ray replica's LRU: load it again
+                adapter = self._task_adapters[task.name] = self._adapter_for(adapter.file)
         scale = default_alpha
         if req.lora_alpha is not None:
             if adapter is None:

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=200, ge=1, description="Open connections served at once; a request on a connection beyond it gets "
                                        "503 + Retry-After.")
+    # Ray Serve scale-out (`flux-service serve --ray`, app/ray_serve, docs/deploy.md)
+    ray_replicas: int = Field(default=1, ge=1, description="Ray Serve: engine replicas (one GPU each on CUDA).")
+    ray_max_loras: int = Field(default=3, ge=1, description="Ray Serve: LoRAs kept resident per replica; the least "
+                               "recently used is unloaded beyond it.")
+    ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray Serve on CPU: CPUs (and torch threads) "
+                                        "per engine replica.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
     log_health_checks: bool = Field(
         default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."

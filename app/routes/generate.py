@@ -8,6 +8,7 @@ was used, so a ``curl -o host.png`` user can still tell task, adapter, strength 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -26,7 +27,7 @@ router = APIRouter()
 #: every header a browser script may read (CORS ``expose_headers``)
 RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Lora-Scale", "X-Seed", "X-Steps",
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
-                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "Retry-After", *PROMPT_HEADERS]
+                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Replica", "Retry-After", *PROMPT_HEADERS]
 
 #: what each result header says; the OpenAPI document describes every ``X-*`` name of RESULT_HEADERS from this
 HEADER_DOCS = {
@@ -73,6 +74,7 @@ def result_headers(job: Job) -> dict[str, str]:
         # ensure_ascii: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not
         "X-Prompt-Warnings": json.dumps(info.warnings, ensure_ascii=True),
         "X-Job-Id": job.id,
+        "X-Replica": job.replica or "local",  # Ray Serve: the engine replica that made it (app/ray_serve)
         **prompt_headers(info),  # what the prompt stage sent to each text encoder (app/prompt_headers.py)
     }
 
@@ -89,8 +91,12 @@ async def wait_for_result(request: Request, job: Job) -> None:
             if job.status == "succeeded":  # finished in the same instant
                 return
             raise DeadlineExceeded(message)
-        if await job.wait_done(timeout=min(0.25, remaining)):
-            return
+        try:
+            if await job.wait_done(timeout=min(0.25, remaining)):
+                return
+        except asyncio.CancelledError:  # servers that cancel the handler on disconnect (Ray Serve's proxy)
+            worker.cancel(job, Cancelled("the client disconnected"))
+            raise
         if await request.is_disconnected():
             worker.cancel(job, Cancelled("the client disconnected"))
             return

@@ -49,6 +49,7 @@ HEADER_DOCS = {
     "X-Demo-Model": "`true` when the embedded demo model (random weights) made the image.",
     "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...",
     "X-Job-Id": "The id of the job that made it.",
+    "X-Replica": "The engine replica that made it under Ray Serve (`flux-service serve --ray`), else `local`.",
     **PROMPT_HEADER_DOCS,
 }
 

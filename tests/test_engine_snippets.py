@@ -36,8 +36,9 @@ def test_model_manager_snippet_runs_verbatim(user_checkout, capsys):
     assert printed.endswith("lora/host_person/pytorch_lora_weights.safetensors 0.7")
     info = manager.last_result.info
     assert info.demo is True and info.model == "demo"
-    assert (info.task, info.adapter_file, info.lora_scale) == ("host_face", "pytorch_lora_weights.safetensors", 0.7)
-    assert any("demo model" in w for w in info.warnings)
+    assert (info.task, info.adapter_file, info.lora_scale) == (
+        "host_face", "demo:lora/host_person/pytorch_lora_weights.safetensors", 0.7)
+    assert any("demo's own LoRA demo:lora/host_person" in w for w in info.warnings)
 
 
 def test_flux_pipeline_snippet_runs_verbatim(user_checkout):
@@ -50,5 +51,5 @@ def test_flux_pipeline_snippet_runs_verbatim(user_checkout):
     assert image.size == (1024, 1024)
     info = pipe.last_result.info
     assert pipe.is_demo and info.demo is True
-    assert (info.adapter_file, info.lora_scale) == ("pytorch_lora_weights.safetensors", 0.7)
-    assert any("using the demo LoRA" in w for w in info.warnings)
+    assert (info.adapter_file, info.lora_scale) == ("demo:lora/host_person/pytorch_lora_weights.safetensors", 0.7)
+    assert any("demo's own LoRA demo:lora/host_person/pytorch_lora_weights.safetensors" in w for w in info.warnings)

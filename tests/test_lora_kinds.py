@@ -131,3 +131,29 @@ def test_result_reports_the_scale_loading_applies(engine, files):
     assert patterns["transformer.transformer_blocks.*.attn.to_q"] == 4.0  # rank_pattern r=2: 8/2
     assert patterns["transformer.transformer_blocks.*.ff.net.0.proj"] == 4.0  # alpha_pattern 16/4
     assert patterns["transformer.transformer_blocks.*.attn.to_k"] == 2.0
+
+
+@pytest.mark.parametrize("kind", [*PEFT_KINDS, "text_encoder", "kohya"])
+def test_inspect_and_results_agree_on_hash_rank_and_effective_scale(engine, files, settings, kind):
+    from pipelines.lora_inspect import inspect_lora
+
+    report = inspect_lora(str(files[kind]), settings)
+    info = engine.generate(request(lora_path=str(files[kind]))).info
+    assert report["sha256"] == info.adapter_hash
+    assert report["file"] == info.adapter_file
+    assert report["effective_scale_at_strength_1"] == info.adapter_scales
+    assert (report["rank"] if isinstance(report["rank"], int) else max(report["rank"].values())) == info.adapter_rank
+    assert report["fits_configured_model"] is True
+    assert report["dora"] is (kind == "dora") and report["rslora"] is (kind == "rslora")
+
+
+def test_inspect_reports_components_kohya_alpha_and_digits_in_module_names(files, settings):
+    from pipelines.lora_inspect import inspect_lora
+
+    kohya = inspect_lora(str(files["kohya"]), settings)
+    assert kohya["format"] == "kohya" and kohya["alpha"] == 8.0  # the stored .alpha tensors, applied by loading
+    assert kohya["components"] == ["transformer", "CLIP text encoder"]
+    patterns = inspect_lora(str(files["patterns"]), settings)
+    assert "transformer.transformer_blocks.*.ff.net.0.proj" in patterns["target_modules"]
+    assert patterns["alpha"] == {"default": 8.0, "ff.net.0.proj": 16.0}
+    assert patterns["rank"]["transformer.transformer_blocks.*.attn.to_q"] == 2

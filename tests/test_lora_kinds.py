@@ -157,3 +157,9 @@ def test_inspect_reports_components_kohya_alpha_and_digits_in_module_names(files
     assert "transformer.transformer_blocks.*.ff.net.0.proj" in patterns["target_modules"]
     assert patterns["alpha"] == {"default": 8.0, "ff.net.0.proj": 16.0}
     assert patterns["rank"]["transformer.transformer_blocks.*.attn.to_q"] == 2
+
+
+def test_switching_from_a_text_encoder_lora_to_a_transformer_only_one_leaves_no_residue(engine, files):
+    before = pixels(engine.generate(request(task="host_face")))
+    engine.generate(request(lora_path=str(files["text_encoder"]), lora_alpha=1.0))
+    assert np.array_equal(pixels(engine.generate(request(task="host_face"))), before)

@@ -18,12 +18,15 @@ What the trainers write (details in docs/lora-guide.en.md, "LoRAs from other tra
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
 
 from .errors import AdapterCorrupt, AdapterMismatch
 from .lora_files import PEFT_CONFIG, LoraWeights
+
+logger = logging.getLogger(__name__)
 
 _PEFT_PREFIX = "base_model.model."
 #: LoraConfig fields we take from a PEFT adapter_config.json (the rest describe training, not the weights)
@@ -271,10 +274,13 @@ def _ai_toolkit_config(weights: Path) -> dict | None:
 
             try:
                 data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (yaml.YAMLError, UnicodeDecodeError) as exc:
-                raise AdapterCorrupt(f"LoRA {weights}: {path.name} beside it is not valid YAML ({exc})",
-                                     path=str(path)) from None
-            return data if isinstance(data, dict) else None
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:  # a stray file must not block a good LoRA
+                logger.warning("LoRA %s: %s beside it is not valid YAML (%s); no trigger words read from it",
+                               weights, path.name, str(exc).splitlines()[0])
+                return None
+            # ai-toolkit writes {job: ..., config: {name, process: [{trigger_word, ...}]}}
+            if isinstance(data, dict) and ({"job", "config"} & set(data) or _find_key(data, "trigger_word")):
+                return data
     return None
 
 

@@ -118,3 +118,12 @@ def test_ai_toolkit_config_yaml_beside_the_file_gives_format_and_trigger_words(t
         encoding="utf-8")
     lora = read_lora(tmp_path / "lora.safetensors")
     assert (lora.format, lora.trigger_words) == ("ai-toolkit", ["hostx", "主持人"])
+
+
+def test_a_stray_config_yaml_beside_a_lora_does_not_block_it(tmp_path, demo_root):
+    from pipelines.lora_files import read_lora
+
+    shutil.copy(demo_root / DEMO_FILE, tmp_path / "lora.safetensors")
+    (tmp_path / "config.yaml").write_text("key: [unclosed\n", encoding="utf-8")
+    lora = read_lora(tmp_path / "lora.safetensors")
+    assert (lora.format, lora.trigger_words) == ("diffusers", [])

@@ -78,8 +78,8 @@ def _request(args, **overrides):
 
 
 def _print_info(info, path: Path) -> None:
-    lora = f"{info.adapter_file} (adapter {info.adapter_name}, alpha={info.lora_scale:g})" if info.adapter_name \
-        else "no LoRA"
+    lora = (f"{info.adapter_file} [sha256 {info.adapter_hash}] (adapter {info.adapter_name}, "
+            f"alpha={info.lora_scale:g})") if info.adapter_name else "no LoRA"
     print(f"saved {path}  task={info.task or '-'}  LoRA: {lora}  seed={info.seed}  {info.width}x{info.height}  "
           f"steps={info.num_inference_steps}  guidance={info.guidance_scale:g}  {info.timings.get('total_s', 0):.2f}s"
           + ("  [DEMO MODEL]" if info.demo else ""))
@@ -154,63 +154,28 @@ def side_by_side(images, footer: str = ""):
 
 
 def cmd_lora_inspect(args) -> int:
-    """Describe a LoRA file and check it against the configured model without loading the model's weights."""
-    from pipelines.errors import AdapterError, FluxServiceError
-    from pipelines.lora_files import check_fits, linear_shapes, read_lora
+    """Describe a LoRA file and check it against the configured model without loading the model's weights.
+    The path resolves as in the Python API (on the demo model, ``models/lora/...`` may mean the demo's own
+    LoRA, with a warning); hash, rank and effective scale are those every result of that file reports."""
+    from pipelines.lora_inspect import inspect_lora
 
-    lora = read_lora(args.path)
-    modules = lora.modules
-    groups: dict[str, int] = {}
-    for m in modules:
-        key = ".".join(p for p in m.split(".") if not p.isdigit())
-        groups[key] = groups.get(key, 0) + 1
-    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in lora.state_dict.values()})
-    report = {
-        "file": str(lora.path),
-        "format": lora.format,
-        "rank": lora.rank,
-        "alpha": lora.alpha if lora.alpha is not None else f"{lora.rank} (= rank; none stored)",
-        "tensors": len(lora.state_dict),
-        "layers": len(modules),
-        "target_modules": groups,
-        "dtype": dtypes,
-        "size_mb": round(lora.size_bytes / 2**20, 2),
-        "notes": lora.notes,
-    }
-    fits, reason = None, ""
-    try:
-        shapes, model_label = _model_linear_shapes(_settings(args))
-        check_fits(lora, shapes)
-        fits, reason = True, f"every tensor matches a layer of {model_label}"
-    except AdapterError as exc:
-        fits, reason = False, exc.message
-    except FluxServiceError as exc:
-        reason = f"could not check: {exc.message}"
-    report["fits_configured_model"] = fits
-    report["fit_detail"] = reason
+    report = inspect_lora(args.path, _settings(args))
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:
         for k, v in report.items():
             if k == "target_modules":
                 v = ", ".join(f"{name} x{n}" for name, n in sorted(v.items()))
-            print(f"{k:>22}: {v}")
-    return 0 if fits else 1
-
-
-def _model_linear_shapes(settings):
-    """Linear layer shapes of the configured transformer, built on the meta device (no weights read)."""
-    import torch
-    from diffusers import FluxTransformer2DModel
-
-    from pipelines.lora_files import linear_shapes
-    from pipelines.model_source import resolve_model_source
-
-    source = resolve_model_source(settings)
-    config = FluxTransformer2DModel.load_config(str(source.path / "transformer"))
-    with torch.device("meta"):
-        transformer = FluxTransformer2DModel.from_config(config)
-    return linear_shapes(transformer), source.label
+            elif k == "effective_scale_at_strength_1":
+                v = ", ".join(f"{name} x{scale:g}" for name, scale in v.items())
+            elif isinstance(v, list):
+                v = ", ".join(map(str, v)) or "none"
+            elif isinstance(v, dict):
+                v = ", ".join(f"{name}={value}" for name, value in v.items()) or "none"
+            print(f"{k:>30}: {v}")
+    for w in report["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0 if report["fits_configured_model"] else 1
 
 
 def cmd_tasks(args) -> int:
@@ -297,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     lora = sub.add_parser("lora", help="LoRA file tools")
     lsub = lora.add_subparsers(dest="lora_command", required=True, metavar="SUBCOMMAND")
-    li = lsub.add_parser("inspect", help="format, rank, alpha, target modules, size, and whether it fits the model")
-    li.add_argument("path", help="LoRA folder or .safetensors file")
+    li = lsub.add_parser("inspect", help="layout, components, rank, effective scale, DoRA, trigger words, sha256, "
+                                         "and whether it fits the model")
+    li.add_argument("path", help="LoRA folder or .safetensors file (on the demo model, a missing models/lora/... "
+                                 "path means the demo's own LoRA, with a warning)")
     li.add_argument("--json", action="store_true")
     model_opts(li)
     li.set_defaults(func=cmd_lora_inspect)

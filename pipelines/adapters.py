@@ -16,7 +16,7 @@ import logging
 from typing import Protocol
 
 from .errors import AdapterError, AdapterMismatch
-from .lora_files import LoraWeights, check_fits, linear_shapes
+from .lora_files import COMPONENTS, LoraWeights, check_fits, linear_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +59,45 @@ class PeftAdapters:
         return self._switches
 
     def load(self, name: str, lora: LoraWeights) -> None:
-        transformer = self._pipe.transformer
         if name in self._loaded:
             raise AdapterError(f"adapter name {name!r} is already loaded", path=str(lora.path))
-        check_fits(lora, linear_shapes(transformer))
-        kwargs: dict = {"adapter_name": name, "prefix": "transformer", "_pipeline": self._pipe}
-        if lora.config:
-            kwargs["metadata"] = {f"transformer.{k}": v for k, v in lora.config.items()}
-        elif lora.network_alphas:
-            kwargs["network_alphas"] = lora.network_alphas
+        components = lora.components
+        check_fits(lora, {c: linear_shapes(getattr(self._pipe, c)) for c in COMPONENTS})
         try:
-            transformer.load_lora_adapter(dict(lora.state_dict), **kwargs)
+            if "transformer" in components:
+                kwargs: dict = {"adapter_name": name, "prefix": "transformer", "_pipeline": self._pipe}
+                if lora.config:
+                    kwargs["metadata"] = {f"transformer.{k}": v for k, v in lora.config.items()}
+                elif lora.network_alphas:
+                    kwargs["network_alphas"] = lora.network_alphas
+                self._pipe.transformer.load_lora_adapter(
+                    {k: v for k, v in lora.state_dict.items() if k.startswith("transformer.")}, **kwargs)
+            if "text_encoder" in components:
+                self._load_text_encoder(name, lora)
             self._verify_loaded(name, lora)
         except AdapterError:
             self._discard(name)
             raise
         except Exception as exc:  # PEFT raises RuntimeError/ValueError on size or config problems
             self._discard(name)
-            raise AdapterMismatch(f"LoRA {lora.path} could not be attached: {exc}", path=str(lora.path)) from None
+            raise AdapterMismatch(f"LoRA {lora.path} could not be attached: {type(exc).__name__}: {exc}",
+                                  path=str(lora.path)) from None
         self._loaded.add(name)
         # A freshly loaded adapter is active in PEFT; restore what was active before.
         self._apply(self._active)
+
+    def _load_text_encoder(self, name: str, lora: LoraWeights) -> None:
+        """The CLIP part, the way ``FluxPipeline.load_lora_weights`` does it (diffusers -> transformers' PEFT
+        integration, which needs peft >= its MIN_PEFT_VERSION: see the pins in pyproject.toml)."""
+        from diffusers import FluxPipeline
+
+        metadata = ({f"text_encoder.{k}": v for k, v in lora.text_encoder_config.items()}
+                    if lora.text_encoder_config else None)
+        alphas = None if metadata else lora.network_alphas
+        FluxPipeline.load_lora_into_text_encoder(
+            {f"text_encoder.{k}": v for k, v in lora.component_state_dict("text_encoder").items()},
+            network_alphas=alphas, text_encoder=self._pipe.text_encoder, prefix="text_encoder",
+            adapter_name=name, _pipeline=self._pipe, metadata=metadata)
 
     def activate(self, name: str | None, scale: float) -> None:
         target = None if (name is None or scale == 0.0) else (name, float(scale))
@@ -112,29 +130,42 @@ class PeftAdapters:
             self._pipe.set_adapters([target[0]], [target[1]])
 
     def _verify_loaded(self, name: str, lora: LoraWeights) -> None:
-        """Every tensor of the file must now sit in a LoRA layer under ``name``, value for value."""
+        """Every tensor of the file must now sit in a LoRA layer under ``name``, value for value, and every
+        layer's scaling must be what :meth:`LoraWeights.scale_factors` says (what inspect and results report)."""
         import torch
 
-        modules = dict(self._pipe.transformer.named_modules())
-        missing = []
+        modules = {c: dict(getattr(self._pipe, c).named_modules()) for c in lora.components}
+        expected = lora.scale_factors()
+        missing, wrong_scale = [], []
         for key, tensor in lora.state_dict.items():
-            module_name, which = key[len("transformer."):].rsplit(".lora_", 1)
-            layer = modules.get(module_name)
-            store = getattr(layer, "lora_A" if which.startswith("A") else "lora_B", None)
+            component, rest = key.split(".", 1)
+            module_name, which = rest.rsplit(".lora_", 1)
+            layer = modules[component].get(module_name)
+            attr = {"A.weight": "lora_A", "B.weight": "lora_B", "magnitude_vector": "lora_magnitude_vector"}[which]
+            store = getattr(layer, attr, None)
             if store is None or name not in store:
                 missing.append(key)
                 continue
             loaded = store[name].weight
             if loaded.shape != tensor.shape or not torch.equal(loaded.detach().cpu(), tensor.to(loaded.dtype)):
                 missing.append(key)
+            elif attr == "lora_A" and layer.scaling.get(name) != expected.get(f"{component}.{module_name}"):
+                wrong_scale.append(f"{component}.{module_name}: {layer.scaling.get(name)} vs "
+                                   f"{expected.get(f'{component}.{module_name}')}")
         if missing:
             raise AdapterMismatch(f"LoRA {lora.path}: {len(missing)} of {len(lora.state_dict)} tensors were not "
                                   f"attached to the model (e.g. {', '.join(missing[:3])})", path=str(lora.path))
+        if wrong_scale:
+            raise AdapterMismatch(f"LoRA {lora.path}: the loaded layers scale differently from what this file's "
+                                  f"config says (e.g. {', '.join(wrong_scale[:2])}); refusing rather than "
+                                  "reporting a strength that is not applied", path=str(lora.path))
 
     def _discard(self, name: str) -> None:
-        transformer = self._pipe.transformer
-        if name in getattr(transformer, "peft_config", {}):
-            try:
+        transformer, text_encoder = self._pipe.transformer, self._pipe.text_encoder
+        try:
+            if name in getattr(transformer, "peft_config", {}):
                 transformer.delete_adapters([name])
-            except Exception:  # cleaning up after a failure must not hide the failure
-                logger.exception("could not remove half-loaded adapter %s", name)
+            if name in getattr(text_encoder, "peft_config", {}):
+                text_encoder.delete_adapter(name)
+        except Exception:  # cleaning up after a failure must not hide the failure
+            logger.exception("could not remove half-loaded adapter %s", name)

@@ -14,12 +14,13 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .adapters import AdapterStrategy, PeftAdapters
-from .errors import AdapterError, InvalidRequest, OutOfMemory
+from .errors import AdapterError, ConfigError, InvalidRequest, OutOfMemory
 from .lora_files import read_lora, resolve_weights_file
+from .lora_paths import display_path, locate_lora, task_lora_path
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
 from .preview import Preview, Previewer, preview_image
 from .prompt_check import check_prompt
@@ -40,6 +41,14 @@ class ResidentAdapter:
     file: Path
     format: str
     rank: int
+    #: provenance, fixed when the file was read: path relative to the models folder (``demo:...`` for the
+    #: demo's own LoRA, never absolute) and the first 12 hex digits of the file's sha256 (``lora inspect`` too)
+    label: str = ""
+    sha256: str = ""
+    scales: dict = field(default_factory=dict)  # effective scale at strength 1.0 per module group
+    components: tuple[str, ...] = ("transformer",)
+    dora: bool = False
+    trigger_words: tuple[str, ...] = ()  # what the LoRA file ships with (kohya ss_*, config.yaml)
 
 
 @dataclass(frozen=True)
@@ -77,15 +86,22 @@ class FluxEngine:
         self._resident: dict[Path, ResidentAdapter] = {}
         #: task name -> its adapter, fixed at start-up so a request never touches the LoRA files again
         self._task_adapters: dict[str, ResidentAdapter] = {}
+        #: task name -> the warning every result of that task carries (the demo's LoRA standing in)
+        self._task_notes: dict[str, str] = {}
         self._lock = threading.Lock()
         self._fault: BaseException | None = None
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
         for task in self.tasks.tasks.values():
             if task.lora:
                 try:
-                    self._task_adapters[task.name] = self._adapter_for(self._task_lora_path(task))
+                    where = locate_lora(self._task_lora_path(task), models_dir=settings.models_dir,
+                                        demo_root=self._demo_root, task=task.name)
+                    self._task_adapters[task.name] = self._adapter_for(where.path)
                 except AdapterError as exc:
                     raise type(exc)(f"task {task.name!r}: {exc.message}", path=exc.path) from None
+                if where.note:
+                    self._task_notes[task.name] = where.note
+                self._apply_lora_trigger_words(task, self._task_adapters[task.name])
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -109,25 +125,33 @@ class FluxEngine:
         return self.source.demo
 
     # ---------------------------------------------------------------- adapters
+    @property
+    def _demo_root(self) -> Path | None:
+        """The demo model's folder (where its own LoRA lives); None on a real model."""
+        return self.source.path.parent if self.is_demo else None
+
     def _task_lora_path(self, task: TaskConfig) -> Path:
-        p = Path(task.lora)
-        return p if p.is_absolute() else self.source.models_root / p
+        return task_lora_path(task.lora, self.settings.models_dir)
 
     def locate_lora(self, path: str | Path) -> tuple[Path, str | None]:
-        """Python API paths: on the demo model, ``models/lora/...`` means the demo's own LoRA folder."""
-        p = Path(path)
-        if p.exists() or not self.is_demo:
-            return p, None
-        try:
-            rel = p.relative_to(self.settings.models_dir)
-        except ValueError:
-            return p, None
-        demo_p = self.source.models_root / rel
-        if demo_p.exists():
-            note = f"demo model: {p} is absent, using the demo LoRA {demo_p} instead"
-            logger.warning(note)
-            return demo_p, note
-        return p, None
+        """Python API paths, resolved like task paths (see ``lora_paths.locate_lora``): (path, warning or None)."""
+        where = locate_lora(path, models_dir=self.settings.models_dir, demo_root=self._demo_root)
+        return where.path, where.note
+
+    def lora_label(self, file: Path) -> str:
+        """A LoRA file as results name it: relative to the models folder, ``demo:...``, never absolute."""
+        return display_path(file, models_dir=self.settings.models_dir, demo_root=self._demo_root)
+
+    def _apply_lora_trigger_words(self, task: TaskConfig, adapter: ResidentAdapter) -> None:
+        """``trigger_words = "from-lora"``: the words the LoRA file ships with, fixed at start-up."""
+        if not task.trigger_words_from_lora:
+            return
+        if not adapter.trigger_words:
+            raise ConfigError(f"task {task.name!r} says trigger_words = \"from-lora\" but its LoRA {adapter.label} "
+                              "records none (no kohya ss_tag_frequency / modelspec.trigger_phrase, no config.yaml "
+                              "trigger_word beside it); list the words in the task table instead")
+        self.tasks.tasks[task.name] = replace(task, trigger_words=adapter.trigger_words)
+        logger.info("task %s: trigger words from its LoRA: %s", task.name, ", ".join(adapter.trigger_words))
 
     def _adapter_for(self, path: Path) -> ResidentAdapter:
         """Load a LoRA once; later calls with the same file get the resident adapter (never re-read)."""
@@ -143,11 +167,16 @@ class FluxEngine:
             name, n = f"{base}_{n}", n + 1
         started = time.perf_counter()
         self.adapters.load(name, lora)
-        adapter = ResidentAdapter(name=name, file=weights, format=lora.format, rank=lora.rank)
+        adapter = ResidentAdapter(name=name, file=weights, format=lora.format, rank=lora.rank,
+                                  label=self.lora_label(weights), sha256=lora.short_hash,
+                                  scales=lora.scale_summary(), components=tuple(lora.components),
+                                  dora=lora.is_dora, trigger_words=tuple(lora.trigger_words))
         self._resident[weights] = adapter
-        logger.info("LoRA loaded: %s as adapter %r (%s layout, rank %d%s, %d layers, %.2fs)", weights, name,
-                    lora.format, lora.rank, f", alpha {lora.alpha:g}" if lora.alpha is not None else "",
-                    len(lora.modules), time.perf_counter() - started)
+        logger.info("LoRA loaded: %s [sha256 %s] as adapter %r (%s layout%s, %s, rank %d, scale at strength 1: %s, "
+                    "%d tensors, %.2fs)", adapter.label, adapter.sha256, name, lora.format,
+                    ", DoRA" if lora.is_dora else "", " + ".join(adapter.components), lora.rank,
+                    ", ".join(f"{k} x{v:g}" for k, v in adapter.scales.items()), len(lora.state_dict),
+                    time.perf_counter() - started)
         return adapter
 
     def ensure_adapter(self, file: str | Path) -> ResidentAdapter:
@@ -197,6 +226,8 @@ class FluxEngine:
             adapter, default_alpha = self._task_adapters[task.name], task.lora_alpha
             if adapter.file not in self._resident:  # unloaded by a Ray replica's LRU: load it again
                 adapter = self._task_adapters[task.name] = self._adapter_for(adapter.file)
+            if task.name in self._task_notes:
+                notes.append(self._task_notes[task.name])
         scale = default_alpha
         if req.lora_alpha is not None:
             if adapter is None:
@@ -326,7 +357,7 @@ class FluxEngine:
         info = GenerationInfo(
             task=plan.task,
             adapter_name=plan.adapter.name if plan.adapter else None,
-            adapter_file=plan.adapter.file.name if plan.adapter else None,
+            adapter_file=plan.adapter.label if plan.adapter else None,
             lora_scale=plan.lora_scale,
             seed=plan.seed,
             width=plan.width,
@@ -341,6 +372,9 @@ class FluxEngine:
             dtype=str(self.dtype).removeprefix("torch."),
             warnings=warnings,
             timings=timings,
+            adapter_hash=plan.adapter.sha256 if plan.adapter else None,
+            adapter_rank=plan.adapter.rank if plan.adapter else None,
+            adapter_scales=dict(plan.adapter.scales) if plan.adapter else None,
             translate=plan.staged.mode,
             prompt_original=plan.staged.original,
             prompt_english=plan.staged.english,
@@ -352,7 +386,8 @@ class FluxEngine:
             t5_unknown_before=round(unknown_before, 4),
             t5_unknown_after=round(report.t5_unknown_fraction, 4),
         )
-        lora = (f"{info.adapter_file} (adapter={info.adapter_name}, alpha={info.lora_scale:g})"
+        lora = (f"{info.adapter_file} [sha256 {info.adapter_hash}] (adapter={info.adapter_name}, "
+                f"alpha={info.lora_scale:g})"
                 if info.adapter_name and info.lora_scale else
                 f"off (alpha=0 for {info.adapter_file})" if info.adapter_name else "no LoRA")
         logger.info("generated task=%s LoRA: %s seed=%d size=%dx%d steps=%d guidance=%g time=%.2fs%s",
@@ -368,12 +403,15 @@ class FluxEngine:
             out.append(TaskInfo(
                 name=t.name, description=t.description,
                 adapter_name=adapter.name if adapter else None,
-                adapter_file=adapter.file.name if adapter else None,
+                adapter_file=adapter.label if adapter else None,
                 lora_alpha=t.lora_alpha if adapter else 0.0,
                 trigger_words=list(t.trigger_words), prompt_template=t.prompt_template,
                 width=t.width, height=t.height,
                 num_inference_steps=t.num_inference_steps or self.default_steps,
                 guidance_scale=t.guidance_scale if t.guidance_scale is not None else self.default_guidance,
+                adapter_hash=adapter.sha256 if adapter else None,
+                lora_trigger_words=list(adapter.trigger_words) if adapter else [],
+                warnings=[self._task_notes[t.name]] if t.name in self._task_notes else [],
             ))
         return out
 

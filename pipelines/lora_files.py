@@ -1,17 +1,22 @@
-"""Reading LoRA files: find the weights, recognise the format, convert to diffusers naming, check the fit.
+"""Reading LoRA files: find the weights, hash them, hand them to the format reader, check the fit.
 
 Why our own reader in front of diffusers: diffusers reads a folder's ``pytorch_lora_weights.safetensors``
-and converts kohya/xlabs/... files, but it does not read PEFT's ``adapter_config.json`` (so ``lora_alpha``
-and ``r`` would be lost and the strength silently wrong), it mistakes PEFT's ``base_model.model.`` keys for
-another format, and it only *logs* keys it could not match. Here every LoRA is read once into a
-:class:`LoraWeights` (diffusers naming + the PEFT config when there is one), and :func:`check_fits` proves
-that every tensor has a layer of the right shape before anything touches the model.
+and converts kohya/xlabs/... files, but it does not read PEFT's ``adapter_config.json`` (so ``lora_alpha``,
+``use_rslora``, ``use_dora`` and the rank/alpha patterns would be lost and the strength silently wrong), it
+mistakes PEFT's ``base_model.model.`` keys for another format, it drops keys it cannot convert with only a
+log line, and it only *logs* keys it could not match. Here every LoRA is read once into a
+:class:`LoraWeights` (diffusers naming + the configs), and :func:`check_fits` proves that every tensor has
+a layer of the right shape in the component it is meant for before anything touches the model.
+Formats are recognised and converted in ``lora_formats.py``; ``lora inspect`` lives in ``lora_inspect.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,33 +25,97 @@ from .errors import AdapterCorrupt, AdapterMismatch, AdapterNotFound
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
-_PEFT_PREFIX = "base_model.model."
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-#: LoraConfig fields we take from a PEFT adapter_config.json (the rest describe training, not the weights)
-_PEFT_CONFIG_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora",
-                     "use_dora", "lora_bias", "fan_in_fan_out", "exclude_modules")
-_LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
+#: components a FLUX LoRA may touch, as diffusers names them (the pipeline attribute and the key prefix)
+COMPONENTS = ("transformer", "text_encoder")
+COMPONENT_LABELS = {"transformer": "transformer", "text_encoder": "CLIP text encoder"}
+#: <component>.<module>.lora_A.weight | lora_B.weight | lora_magnitude_vector (DoRA)
+_LORA_KEY = re.compile(r"^(?P<component>transformer|text_encoder)\.(?P<module>.+)"
+                       r"\.(?P<which>lora_A\.weight|lora_B\.weight|lora_magnitude_vector)$")
+#: numbers that count blocks/layers (``transformer_blocks.3.``) as opposed to those inside a layer's own
+#: name (``ff.net.0.proj``, ``to_out.0``): only the former are folded into ``*`` when modules are grouped
+_BLOCK_INDEX = re.compile(r"((?:^|\.)(?:transformer_blocks|single_transformer_blocks|layers))\.\d+(?=\.)")
+
+
+def module_group(module: str) -> str:
+    """``transformer_blocks.3.ff.net.0.proj`` -> ``transformer_blocks.*.ff.net.0.proj`` (layer digits kept)."""
+    return _BLOCK_INDEX.sub(r"\1.*", module)
 
 
 @dataclass
 class LoraWeights:
-    """One LoRA file, read and converted, ready to be attached. Never re-read after this."""
+    """One LoRA file, read and converted, ready to be attached. Never re-read after this.
+
+    ``state_dict`` contract (what every :class:`~pipelines.adapters.AdapterStrategy` may rely on), diffusers
+    naming with the component as prefix, modules named exactly as in that pipeline component:
+
+    - ``transformer.<module>.lora_A.weight`` ``(r, in_features)`` and ``.lora_B.weight`` ``(out_features, r)``
+    - ``text_encoder.<module>.lora_A.weight`` / ``.lora_B.weight``: the CLIP text encoder (``pipe.text_encoder``,
+      module names as in ``pipe.text_encoder.named_modules()``, e.g. ``encoder.layers.0.self_attn.q_proj``)
+    - ``<component>.<module>.lora_magnitude_vector`` ``(out_features,)``: DoRA's magnitude (PEFT
+      ``use_dora=True``); with DoRA the update is not ``B @ A`` alone, see PEFT's ``DoraLinearLayer``.
+
+    The contribution of one module at strength ``s`` is ``s * scale_factors()[key] * (B @ A)`` (plain LoRA),
+    where ``key`` is ``<component>.<module>``. Scale factors follow PEFT: ``lora_alpha / r``, or
+    ``lora_alpha / sqrt(r)`` with rsLoRA, with ``rank_pattern``/``alpha_pattern`` per module; kohya files
+    have their ``alpha / r`` already folded into A and B by diffusers' converter, so their factor is 1.0
+    and :attr:`folded_scales` records what was folded (``effective_scales()`` = both multiplied).
+    """
 
     path: Path  # the weights file
-    format: str  # diffusers | peft | kohya | xlabs | other (converted by diffusers)
-    state_dict: dict  # diffusers naming: transformer.<module>.lora_A.weight / lora_B.weight
-    config: dict | None = None  # LoraConfig kwargs (PEFT adapter_config.json or diffusers metadata)
+    format: str  # diffusers | peft | kohya | ai-toolkit | xlabs | other (converted by diffusers)
+    state_dict: dict  # see the class docstring
+    config: dict | None = None  # transformer LoraConfig kwargs (PEFT adapter_config.json or diffusers metadata)
     network_alphas: dict | None = None  # per-layer alphas stored in the file (some diffusers-format files)
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    text_encoder_config: dict | None = None  # LoraConfig kwargs of the text-encoder part, when stated
+    sha256: str = ""  # of the weights file's bytes, computed once when it is read
+    metadata: dict = field(default_factory=dict)  # the safetensors header's string metadata
+    #: ``<component>.<module>`` -> the ``alpha / r`` a converter already multiplied into A and B (kohya)
+    folded_scales: dict[str, float] = field(default_factory=dict)
+    trigger_words: list[str] = field(default_factory=list)  # what the trainer recorded (kohya ss_*, config.yaml)
+    trigger_source: str = ""  # where the trigger words were found
+
+    @property
+    def short_hash(self) -> str:
+        """sha256 of the file, first 12 hex digits: printed by ``lora inspect`` and carried by every result."""
+        return self.sha256[:12]
+
+    def modules_of(self, component: str) -> list[str]:
+        return sorted({m.group("module") for k in self.state_dict
+                       if (m := _LORA_KEY.match(k)) and m.group("component") == component})
 
     @property
     def modules(self) -> list[str]:
-        return sorted({m.group("module") for k in self.state_dict if (m := _LORA_KEY.match(k))})
+        """Transformer modules (the usual case); see :meth:`modules_of` for the text encoder."""
+        return self.modules_of("transformer")
+
+    @property
+    def components(self) -> list[str]:
+        present = {m.group("component") for k in self.state_dict if (m := _LORA_KEY.match(k))}
+        return [c for c in COMPONENTS if c in present]
+
+    def component_state_dict(self, component: str) -> dict:
+        """The part of ``state_dict`` for one component, keys without the component prefix."""
+        prefix = component + "."
+        return {k[len(prefix):]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
+
+    def component_config(self, component: str) -> dict | None:
+        return self.config if component == "transformer" else self.text_encoder_config
+
+    @property
+    def is_dora(self) -> bool:
+        return any(k.endswith(".lora_magnitude_vector") for k in self.state_dict)
+
+    def ranks(self) -> dict[str, int]:
+        """``<component>.<module>`` -> r (rows of lora_A)."""
+        return {k.removesuffix(".lora_A.weight"): v.shape[0] for k, v in self.state_dict.items()
+                if k.endswith(".lora_A.weight") and getattr(v, "ndim", 0) == 2}
 
     @property
     def rank(self) -> int:
-        ranks = [v.shape[0] for k, v in self.state_dict.items() if k.endswith("lora_A.weight")]
+        ranks = self.ranks().values()
         return max(ranks) if ranks else 0
 
     @property
@@ -57,6 +126,71 @@ class LoraWeights:
         if self.network_alphas:
             return float(next(iter(self.network_alphas.values())))
         return None
+
+    def lora_config(self, component: str):
+        """The ``peft.LoraConfig`` diffusers builds for ``component`` when this file is loaded (same function,
+        same inputs), or None when the file does not touch ``component``."""
+        from diffusers.utils.peft_utils import _create_lora_config
+
+        sd = self.component_state_dict(component)
+        if not sd:
+            return None
+        if component == "transformer":
+            # diffusers' load_lora_adapter: "^<module>.lora_B.weight" -> r for every B matrix
+            rank = {f"^{k}": v.shape[1] for k, v in sd.items() if "lora_B" in k and v.ndim > 1}
+        else:  # diffusers' _load_lora_into_text_encoder: attention/MLP projections only
+            rank = {k: v.shape[1] for k, v in sd.items()
+                    if k.endswith(".lora_B.weight") and k.removesuffix(".lora_B.weight").endswith(
+                        (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2"))}
+        alphas = None
+        if self.network_alphas:
+            prefix = component + "."
+            alphas = {k[len(prefix):]: v for k, v in self.network_alphas.items() if k.startswith(prefix)} or None
+        config = self.component_config(component)
+        return _create_lora_config(sd, alphas, dict(config) if config else None, rank,
+                                   is_unet=component == "transformer")
+
+    def scale_factors(self) -> dict[str, float]:
+        """``<component>.<module>`` -> the factor PEFT multiplies ``B @ A`` (of ``state_dict``) by at strength 1.0.
+
+        Exactly what the loaded PEFT layers hold as ``scaling`` (the adapter strategy checks this after
+        loading): ``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` with rsLoRA, ``r``/``lora_alpha`` taken from
+        ``rank_pattern``/``alpha_pattern`` where a pattern matches the module (PEFT's ``get_pattern_key``).
+        FusedAdapters and ``lora inspect`` both use this.
+        """
+        from peft.utils.other import get_pattern_key
+
+        out: dict[str, float] = {}
+        for component in self.components:
+            cfg = self.lora_config(component)
+            for module in self.modules_of(component):
+                r_key = get_pattern_key(cfg.rank_pattern.keys(), module)
+                a_key = get_pattern_key(cfg.alpha_pattern.keys(), module)
+                r = cfg.rank_pattern.get(r_key, cfg.r)
+                alpha = cfg.alpha_pattern.get(a_key, cfg.lora_alpha)
+                out[f"{component}.{module}"] = alpha / math.sqrt(r) if cfg.use_rslora else alpha / r
+        return out
+
+    def effective_scales(self) -> dict[str, float]:
+        """What strength 1.0 really multiplies each module's trained ``B @ A`` by (scale factor x folded alpha/r)."""
+        return {k: v * self.folded_scales.get(k, 1.0) for k, v in self.scale_factors().items()}
+
+    def scale_summary(self) -> dict[str, float]:
+        """Effective scale per module group (block numbers folded into ``*``); ``{"all": x}`` when uniform."""
+        scales = self.effective_scales()
+        distinct = {round(v, 6) for v in scales.values()}
+        if len(distinct) <= 1:
+            return {"all": distinct.pop()} if distinct else {}
+        groups: dict[str, set[float]] = {}
+        for key, value in scales.items():
+            groups.setdefault(module_group(key), set()).add(round(value, 6))
+        out = {}
+        for group, values in sorted(groups.items()):
+            if len(values) == 1:
+                out[group] = values.pop()
+            else:  # one group, several scales: name the modules one by one
+                out.update({k: round(v, 6) for k, v in sorted(scales.items()) if module_group(k) == group})
+        return out
 
 
 def resolve_weights_file(path: str | Path) -> Path:
@@ -84,103 +218,42 @@ def resolve_weights_file(path: str | Path) -> Path:
 
 def read_lora(path: str | Path) -> LoraWeights:
     """Read a LoRA folder or file in any supported format; raise a typed error naming the file otherwise."""
+    from .lora_formats import convert
+
     weights = resolve_weights_file(path)
     if weights.suffix in _PICKLE_SUFFIXES:
         raise AdapterCorrupt(f"LoRA {weights}: pickle checkpoints are not loaded (they can run code); "
                              "convert it to .safetensors", path=str(weights))
-    raw, header = _read_safetensors(weights)
-    size = weights.stat().st_size
+    raw, header, digest, size = read_safetensors(weights)
     if not raw:
         raise AdapterCorrupt(f"LoRA {weights} holds no tensors", path=str(weights))
-    if all(k.startswith(_PEFT_PREFIX) for k in raw):
-        return _from_peft(weights, raw, size)
-    return _from_diffusers_or_other(weights, raw, header, size)
+    lora = convert(weights, raw, header)
+    lora.sha256, lora.size_bytes, lora.metadata = digest, size, dict(header)
+    return lora
 
 
-def _read_safetensors(weights: Path) -> tuple[dict, dict]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+def read_safetensors(weights: Path) -> tuple[dict, dict, str, int]:
+    """(tensors, header metadata, sha256 hex, size): the file is read once, hashed from the same bytes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            header = f.metadata() or {}
-        return load_file(str(weights), device="cpu"), header
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        data = weights.read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError, struct.error, UnicodeDecodeError) as exc:
         raise AdapterCorrupt(f"LoRA {weights} is not a readable .safetensors file ({exc}); "
                              "the download may be incomplete", path=str(weights)) from None
+    return tensors, header, hashlib.sha256(data).hexdigest(), len(data)
 
 
-def _from_peft(weights: Path, raw: dict, size: int) -> LoraWeights:
-    cfg_path = weights.parent / PEFT_CONFIG
-    if not cfg_path.is_file():
-        raise AdapterCorrupt(f"LoRA {weights} is in PEFT layout but {cfg_path.name} is missing beside it, "
-                             "so its r and lora_alpha (the strength scaling) are unknown", path=str(weights))
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        config = {k: cfg[k] for k in _PEFT_CONFIG_KEYS if cfg.get(k) is not None}
-        r, alpha = int(config["r"]), float(config["lora_alpha"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise AdapterCorrupt(f"LoRA config {cfg_path} is unreadable or lacks r/lora_alpha ({exc})",
-                             path=str(cfg_path)) from None
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterMismatch(f"LoRA {weights}: peft_type {cfg.get('peft_type')!r} is not LORA", path=str(weights))
-    if isinstance(config.get("target_modules"), str):  # a regex in PEFT; keep as is
-        pass
-    elif "target_modules" in config:
-        config["target_modules"] = sorted(config["target_modules"])
-    sd = {"transformer." + k[len(_PEFT_PREFIX):]: v for k, v in raw.items()}
-    sd = {k.replace(".default.weight", ".weight"): v for k, v in sd.items()}  # adapter name left in by some tools
-    notes = [f"PEFT layout: r={r}, lora_alpha={alpha:g} from {cfg_path.name} (scale x{alpha / r:g})"]
-    return LoraWeights(path=weights, format="peft", state_dict=sd, config=config, size_bytes=size, notes=notes)
-
-
-def _from_diffusers_or_other(weights: Path, raw: dict, header: dict, size: int) -> LoraWeights:
-    from diffusers import FluxPipeline
-
-    metadata = None
-    if header.get("lora_adapter_metadata"):
-        try:
-            metadata = json.loads(header["lora_adapter_metadata"])
-        except json.JSONDecodeError:
-            raise AdapterCorrupt(f"LoRA {weights}: its lora_adapter_metadata header is not JSON",
-                                 path=str(weights)) from None
-    fmt = _guess_format(raw)
-    try:
-        sd, alphas, _ = FluxPipeline.lora_state_dict(dict(raw), return_alphas=True, return_lora_metadata=True)
-    except Exception as exc:  # diffusers' converters raise bare ValueError/KeyError on foreign layouts
-        raise AdapterMismatch(f"LoRA {weights} ({fmt} layout) could not be converted for FLUX: {exc}"
-                              + _foreign_hint(raw), path=str(weights)) from None
-    config = None
-    if metadata:
-        config = {k.removeprefix("transformer."): v for k, v in metadata.items() if k.startswith("transformer.")}
-    return LoraWeights(path=weights, format=fmt, state_dict=dict(sd), config=config or None,
-                       network_alphas=dict(alphas) if alphas else None, size_bytes=size)
-
-
-def _guess_format(raw: dict) -> str:
-    keys = list(raw)
-    if any(".lora_down.weight" in k for k in keys):
-        return "kohya"
-    if any("processor" in k for k in keys):
-        return "xlabs"
-    if all(k.startswith(("transformer.", "text_encoder.")) for k in keys):
-        return "diffusers"
-    return "other"
-
-
-def _foreign_hint(keys) -> str:
-    text = " ".join(list(keys)[:50])
-    if "lora_unet" in text or "down_blocks" in text or "up_blocks" in text or "mid_block" in text:
-        return " (its layer names are those of a UNet model such as SD 1.5/SDXL, not FLUX)"
-    return ""
-
-
-def linear_shapes(transformer) -> dict[str, tuple[int, int]]:
+def linear_shapes(model) -> dict[str, tuple[int, int]]:
     """Module name -> (in_features, out_features) of every linear layer, seen through PEFT wrappers."""
     import torch
 
     shapes: dict[str, tuple[int, int]] = {}
-    for name, module in transformer.named_modules():
+    for name, module in model.named_modules():
         if name.endswith(".base_layer"):
             continue
         base = getattr(module, "base_layer", module)
@@ -189,33 +262,43 @@ def linear_shapes(transformer) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def check_fits(lora: LoraWeights, shapes: dict[str, tuple[int, int]]) -> None:
-    """Raise AdapterMismatch unless every tensor of the file lands on a layer of the right shape."""
+def check_fits(lora: LoraWeights, shapes: dict[str, dict[str, tuple[int, int]]] | dict[str, tuple[int, int]]) -> None:
+    """Raise AdapterMismatch unless every tensor of the file lands on a layer of the right shape.
+
+    ``shapes``: component -> :func:`linear_shapes` of it (``{"transformer": ..., "text_encoder": ...}``); a
+    plain module -> shape dict means the transformer alone (the older call form).
+    """
+    from .lora_formats import foreign_hint
+
+    if shapes and not any(isinstance(v, dict) for v in shapes.values()):
+        shapes = {"transformer": shapes}
     unmatched: list[str] = []
     bad_shape: list[str] = []
     for key, tensor in lora.state_dict.items():
         m = _LORA_KEY.match(key)
-        if not m:
+        layers = shapes.get(m.group("component")) if m else None
+        if not m or layers is None or m.group("module") not in layers:
             unmatched.append(key)
             continue
-        module = m.group("module")
-        if module not in shapes:
-            unmatched.append(key)
-            continue
-        in_f, out_f = shapes[module]
-        if tensor.ndim != 2:
+        in_f, out_f = layers[m.group("module")]
+        which = m.group("which")
+        if which == "lora_magnitude_vector":
+            if tuple(tensor.shape) != (out_f,):
+                bad_shape.append(f"{key} {tuple(tensor.shape)} vs layer out_features {out_f}")
+        elif tensor.ndim != 2:
             bad_shape.append(f"{key} {tuple(tensor.shape)}")
-        elif m.group("which") == "A" and tensor.shape[1] != in_f:
+        elif which == "lora_A.weight" and tensor.shape[1] != in_f:
             bad_shape.append(f"{key} {tuple(tensor.shape)} vs layer in_features {in_f}")
-        elif m.group("which") == "B" and tensor.shape[0] != out_f:
+        elif which == "lora_B.weight" and tensor.shape[0] != out_f:
             bad_shape.append(f"{key} {tuple(tensor.shape)} vs layer out_features {out_f}")
     if not unmatched and not bad_shape:
         return
     parts = []
     if unmatched:
-        parts.append(f"{len(unmatched)} of {len(lora.state_dict)} tensors match no layer of the loaded FLUX "
-                     f"transformer (e.g. {', '.join(unmatched[:3])})")
+        where = " or ".join(f"the {COMPONENT_LABELS[c]}" for c in shapes) or "the model"
+        parts.append(f"{len(unmatched)} of {len(lora.state_dict)} tensors match no layer of {where} of the loaded "
+                     f"FLUX model (e.g. {', '.join(unmatched[:3])})")
     if bad_shape:
         parts.append(f"{len(bad_shape)} tensors do not fit their layer's shape (e.g. {', '.join(bad_shape[:2])})")
-    hint = _foreign_hint(unmatched) or (" (it was probably made for another base model)" if bad_shape else "")
+    hint = foreign_hint(unmatched) or (" (it was probably made for another base model)" if bad_shape else "")
     raise AdapterMismatch(f"LoRA {lora.path}: " + "; ".join(parts) + hint, path=str(lora.path))

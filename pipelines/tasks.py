@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -25,7 +26,9 @@ class _TaskModel(BaseModel):
     description: str = ""
     lora: str = ""
     lora_alpha: float = Field(default=0.7, ge=MIN_LORA_ALPHA, le=MAX_LORA_ALPHA)
-    trigger_words: list[str] = Field(default_factory=list)
+    #: a list of words, or the string "from-lora": the words the LoRA file records (kohya ss_* metadata,
+    #: an ai-toolkit/Replicate config.yaml beside it), fixed at start-up
+    trigger_words: list[str] | Literal["from-lora"] = Field(default_factory=list)
     prompt_template: str = "{prompt}"
     width: int = Field(default=1024, ge=16, multiple_of=16)
     height: int = Field(default=1024, ge=16, multiple_of=16)
@@ -52,6 +55,7 @@ class TaskConfig:
     height: int
     num_inference_steps: int | None
     guidance_scale: float | None
+    trigger_words_from_lora: bool = False  # trigger_words = "from-lora" (the engine fills trigger_words)
 
     def render_prompt(self, prompt: str) -> str:
         """Trigger words first (as LoRA trainers expect), then the template around the user's prompt."""
@@ -101,12 +105,15 @@ def load_task_table(path: Path) -> TaskTable:
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ConfigError(f"task table {path}: tasks.{name}: {problems}") from None
+        if m.trigger_words == "from-lora" and not m.lora.strip():
+            raise ConfigError(f"task table {path}: tasks.{name}: trigger_words = \"from-lora\" needs a `lora`")
         table.tasks[name] = TaskConfig(
             name=name,
             description=m.description,
             lora=m.lora.strip() or None,
             lora_alpha=m.lora_alpha,
-            trigger_words=tuple(m.trigger_words),
+            trigger_words=() if m.trigger_words == "from-lora" else tuple(m.trigger_words),
+            trigger_words_from_lora=m.trigger_words == "from-lora",
             prompt_template=m.prompt_template,
             width=m.width,
             height=m.height,

@@ -58,6 +58,14 @@ class GenerationInfo:
     dtype: str
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, denoise, decode, total
+    # Which LoRA file made the picture (A1111's "Lora hashes" idea): ``adapter_file`` is its path relative to
+    # the models folder (``demo:...`` for the demo's own LoRA); ``adapter_hash`` the first 12 hex digits of
+    # its sha256, the same as ``flux-service lora inspect`` prints.
+    adapter_hash: str | None = None
+    adapter_rank: int | None = None
+    #: effective scale per module group at strength 1.0 (alpha/r, alpha/sqrt(r) with rsLoRA, patterns,
+    #: kohya alphas); the applied one is this times ``lora_scale``. ``{"all": x}`` when uniform.
+    adapter_scales: dict[str, float] | None = None
     # the prompt stage (pipelines/prompt_stage.py): what the user typed and what each text encoder read
     translate: str = "off"  # the mode used: auto, glossary or off
     prompt_original: str = ""  # as typed
@@ -110,6 +118,9 @@ class TaskInfo:
     height: int
     num_inference_steps: int
     guidance_scale: float
+    adapter_hash: str | None = None  # sha256 of the LoRA file, first 12 hex digits
+    lora_trigger_words: list[str] = field(default_factory=list)  # what the LoRA file ships with
+    warnings: list[str] = field(default_factory=list)  # e.g. the demo's own LoRA standing in for yours
 
     def to_dict(self) -> dict:
         return asdict(self)

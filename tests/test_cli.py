@@ -40,7 +40,7 @@ def test_generate_writes_png_and_reports_what_was_used(tmp_path):
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert (info["task"], info["adapter_name"], info["lora_scale"], info["seed"]) == ("host_face", "host_person", 0.7, 7)
     assert info["demo"] is True
-    assert "LoRA: pytorch_lora_weights.safetensors" in out.stdout
+    assert f"LoRA: demo:lora/host_person/pytorch_lora_weights.safetensors [sha256 {info['adapter_hash']}]" in out.stdout
     assert "unknown token" in out.stderr  # the Chinese-prompt warning (sent as typed) reaches the terminal
     assert "denoising" in out.stderr  # the progress bar
 
@@ -74,6 +74,20 @@ def test_lora_inspect_reports_peft_rank_alpha_and_fit(demo_root):
     assert (report["format"], report["rank"], report["alpha"]) == ("peft", 4, 8.0)
     assert report["fits_configured_model"] is True
     assert report["layers"] == 15
+
+
+def test_readme_lora_inspect_command_works_on_a_fresh_checkout_and_agrees_with_the_python_api(engine):
+    """`flux-service lora inspect models/lora/host_person` (README): no models/lora here, so the demo's own."""
+    out = run_cli("lora", "inspect", "models/lora/host_person", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    from tests.engine_helpers import request
+
+    info = engine.generate(request(lora_path="models/lora/host_person")).info
+    assert report["file"] == info.adapter_file == "demo:lora/host_person/pytorch_lora_weights.safetensors"
+    assert report["sha256"] == info.adapter_hash
+    assert report["effective_scale_at_strength_1"] == info.adapter_scales
+    assert "demo's own LoRA" in out.stderr  # the stand-in is said, not only in the JSON
 
 
 def test_lora_inspect_says_when_a_lora_does_not_fit(tmp_path, demo_root):

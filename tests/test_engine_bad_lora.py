@@ -72,6 +72,36 @@ def sdxl_kohya_lora(tmp_path, demo_root, transformer):
     })
 
 
+def _kohya_flux(tmp_path, name, layers, extra=None):
+    """kohya sd-scripts FLUX naming: lora_unet_<block>_<layer>.lora_down/lora_up/alpha."""
+    import torch
+
+    tensors = {}
+    for layer, (in_f, out_f) in layers.items():
+        tensors.update({f"{layer}.lora_down.weight": torch.zeros(4, in_f), f"{layer}.lora_up.weight": torch.zeros(out_f, 4),
+                        f"{layer}.alpha": torch.tensor(4.0)})
+    tensors.update(extra or {})
+    return _save(tmp_path / name, tensors)
+
+
+def kohya_flux_for_another_size(tmp_path, demo_root, transformer):
+    """single_blocks linear1 is split by diffusers as FLUX.1-dev's 3072+3072+3072+12288 rows: other widths fail
+    inside diffusers with an AssertionError that has no text."""
+    return _kohya_flux(tmp_path, "kohya_other_size.safetensors", {"lora_unet_single_blocks_0_linear1": (32, 96)})
+
+
+def kohya_flux_unknown_layer(tmp_path, demo_root, transformer):
+    return _kohya_flux(tmp_path, "kohya_unknown.safetensors", {"lora_unet_double_blocks_0_img_attn_proj": (32, 32),
+                                                                "lora_unet_double_blocks_0_img_attn_norm": (32, 32)})
+
+
+def kohya_flux_dora(tmp_path, demo_root, transformer):
+    import torch
+
+    return _kohya_flux(tmp_path, "kohya_dora.safetensors", {"lora_unet_double_blocks_0_img_attn_proj": (32, 32)},
+                       {"lora_unet_double_blocks_0_img_attn_proj.dora_scale": torch.ones(1, 32)})
+
+
 CASES = [
     (missing_file, AdapterNotFound),
     (truncated_file, AdapterCorrupt),
@@ -80,6 +110,9 @@ CASES = [
     (keys_matching_no_layer, AdapterMismatch),
     (made_for_another_base_model, AdapterMismatch),
     (sdxl_kohya_lora, AdapterMismatch),
+    (kohya_flux_for_another_size, AdapterMismatch),
+    (kohya_flux_unknown_layer, AdapterMismatch),
+    (kohya_flux_dora, AdapterMismatch),
 ]
 
 
@@ -121,3 +154,31 @@ def test_sdxl_lora_error_says_it_was_made_for_a_unet_model(engine, demo_root, tm
     path = sdxl_kohya_lora(tmp_path, demo_root, engine.pipe.transformer)
     with pytest.raises(AdapterMismatch, match="UNet model such as SD 1.5/SDXL"):
         engine.generate(request(lora_path=str(path)))
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (kohya_flux_for_another_size, ["lora_unet_single_blocks_0_linear1", "96 rows", "21504", "another size"]),
+    (kohya_flux_unknown_layer, ["lora_unet_double_blocks_0_img_attn_norm", "does not know"]),
+    (kohya_flux_dora, ["DoRA", "dora_scale"]),
+])
+def test_kohya_flux_file_diffusers_cannot_convert_gets_the_real_reason(engine, demo_root, tmp_path, make, says):
+    path = make(tmp_path, demo_root, engine.pipe.transformer)
+    with pytest.raises(AdapterMismatch) as caught:
+        engine.generate(request(lora_path=str(path)))
+    message = caught.value.message
+    for part in says:
+        assert part in message, (part, message)
+    assert "SD 1.5" not in message and "UNet" not in message  # every kohya FLUX key has lora_unet_: not a UNet
+    assert not message.rstrip().endswith(":")
+
+
+def test_bad_task_lora_is_refused_at_start_up_naming_task_file_and_reason(demo_root, tmp_path):
+    from pipelines.engine import FluxEngine
+    from tests.conftest import make_settings
+
+    kohya_flux_for_another_size(tmp_path, demo_root, None)
+    (tmp_path / "tasks.toml").write_text('[tasks.host]\nlora = "kohya_other_size.safetensors"\n', encoding="utf-8")
+    with pytest.raises(AdapterMismatch) as caught:
+        FluxEngine.from_settings(make_settings(models_dir=tmp_path))
+    assert "task 'host'" in caught.value.message and "kohya_other_size.safetensors" in caught.value.message
+    assert "21504" in caught.value.message

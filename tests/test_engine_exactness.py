@@ -64,7 +64,7 @@ def test_peft_layout_matches_the_same_weights_applied_by_peft_itself(engine, dem
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["lora_alpha"] != cfg["r"]
     ours = engine.generate(request(lora_path=str(folder / "adapter_model.safetensors"), lora_alpha=0.7))
-    assert ours.info.adapter_file == "adapter_model.safetensors"
+    assert ours.info.adapter_file == "demo:lora/host_person/adapter_model.safetensors"
 
     pipe = fresh_bare_pipe(engine)
     peft.inject_adapter_in_model(peft.LoraConfig(**cfg), pipe.transformer, adapter_name="reference")
@@ -84,8 +84,8 @@ def test_diffusers_and_peft_layouts_give_identical_pixels(engine, demo_root):
     folder = demo_root / DEMO_LORA
     a = engine.generate(request(lora_path=str(folder / "pytorch_lora_weights.safetensors"), lora_alpha=0.7))
     b = engine.generate(request(lora_path=str(folder / "adapter_model.safetensors"), lora_alpha=0.7))
-    assert a.info.adapter_file == "pytorch_lora_weights.safetensors"
-    assert b.info.adapter_file == "adapter_model.safetensors"
+    assert a.info.adapter_file == "demo:lora/host_person/pytorch_lora_weights.safetensors"
+    assert b.info.adapter_file == "demo:lora/host_person/adapter_model.safetensors"
     assert np.array_equal(pixels(a), pixels(b))
 
 
@@ -93,7 +93,7 @@ def test_peft_folder_named_by_its_folder_honours_adapter_config(engine, demo_roo
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         shutil.copy(demo_root / DEMO_LORA / name, tmp_path / name)
     result = engine.generate(request(lora_path=str(tmp_path), lora_alpha=0.7))
-    assert result.info.adapter_file == "adapter_model.safetensors"
+    assert result.info.adapter_file == f"external:{tmp_path.name}/adapter_model.safetensors"
     assert np.array_equal(pixels(result), host_face)
 
 

@@ -15,7 +15,7 @@ def _generation_lines(caplog) -> list[str]:
 def test_one_log_line_per_generation_names_task_adapter_file_strength_seed_size_steps_and_time(engine, caplog):
     engine.generate(request(task="host_face", seed=99))
     (line,) = _generation_lines(caplog)
-    for part in ("task=host_face", "LoRA: pytorch_lora_weights.safetensors", "alpha=0.7", "seed=99",
+    for part in ("task=host_face", "LoRA: demo:lora/host_person/pytorch_lora_weights.safetensors [sha256 ", "alpha=0.7", "seed=99",
                  "size=64x64", "steps=2", "time="):
         assert part in line, f"{part!r} missing from: {line}"
     assert "[DEMO MODEL]" in line
@@ -30,4 +30,4 @@ def test_log_line_says_no_lora_for_a_task_without_one(engine, caplog):
 def test_log_line_says_lora_off_at_strength_zero(engine, caplog):
     engine.generate(request(task="host_face", lora_alpha=0.0))
     (line,) = _generation_lines(caplog)
-    assert "LoRA: off (alpha=0 for pytorch_lora_weights.safetensors)" in line
+    assert "LoRA: off (alpha=0 for demo:lora/host_person/pytorch_lora_weights.safetensors)" in line

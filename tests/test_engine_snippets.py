@@ -36,8 +36,9 @@ def test_model_manager_snippet_runs_verbatim(user_checkout, capsys):
     assert printed.endswith("lora/host_person/pytorch_lora_weights.safetensors 0.7")
     info = manager.last_result.info
     assert info.demo is True and info.model == "demo"
-    assert (info.task, info.adapter_file, info.lora_scale) == ("host_face", "pytorch_lora_weights.safetensors", 0.7)
-    assert any("demo model" in w for w in info.warnings)
+    assert (info.task, info.adapter_file, info.lora_scale) == (
+        "host_face", "demo:lora/host_person/pytorch_lora_weights.safetensors", 0.7)
+    assert any("demo's own LoRA demo:lora/host_person" in w for w in info.warnings)
     # the glossary turned the users' prompt into English T5 can read (translate=auto by default)
     assert info.prompt == "science show host, professional look, smiling, formal attire"
     assert (info.t5_unknown_before, info.t5_unknown_after) == (1.0, 0.0)
@@ -56,8 +57,8 @@ def test_flux_pipeline_snippet_runs_verbatim(user_checkout):
     assert image.size == (1024, 1024)
     info = pipe.last_result.info
     assert pipe.is_demo and info.demo is True
-    assert (info.adapter_file, info.lora_scale) == ("pytorch_lora_weights.safetensors", 0.7)
-    assert any("using the demo LoRA" in w for w in info.warnings)
+    assert (info.adapter_file, info.lora_scale) == ("demo:lora/host_person/pytorch_lora_weights.safetensors", 0.7)
+    assert any("demo's own LoRA demo:lora/host_person/pytorch_lora_weights.safetensors" in w for w in info.warnings)
     assert info.prompt_original == "科普主持人，专业形象，微笑" and info.prompt == "science show host, professional look, smiling"
     pipe.generate(prompt="科普主持人", width=256, height=256, num_inference_steps=1, translate="glossary")
     assert pipe.last_result.info.prompt == "science show host" and pipe.last_result.info.translate == "glossary"

@@ -67,10 +67,12 @@ def test_requests_do_not_touch_task_lora_files_after_start_up(engine, tmp_path, 
                                        encoding="utf-8")
     own = FluxEngine(engine.pipe.__class__.from_pretrained(str(engine.source.path), local_files_only=True),
                      engine.source.__class__(engine.source.path, models, True, engine.source.model_type),
-                     settings, "cpu", engine.dtype, load_task_table(models / "tasks.toml"))
+                     settings.model_copy(update={"models_dir": models}), "cpu", engine.dtype,
+                     load_task_table(models / "tasks.toml"))
     before = pixels(own.generate(request(task="host_face")))
     shutil.rmtree(models / "lora")
     after = own.generate(request(task="host_face"))
     assert after.info.adapter_name == "host_person"
     assert np.array_equal(pixels(after), before)
-    assert own.task_infos()[0].adapter_file == "pytorch_lora_weights.safetensors"
+    assert own.task_infos()[0].adapter_file == "lora/host_person/pytorch_lora_weights.safetensors"
+    assert not any("demo" in w for w in after.info.warnings if "LoRA" in w)  # the user's own file, no stand-in

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,9 @@ def test_users_curl_verbatim_returns_1024_png_with_chinese_prompt_intact(server,
     assert info["prompt_original"] == PROMPT  # as typed, intact
     assert info["prompt"] == "science show host, professional look, smiling"  # what the encoders got (glossary)
     assert info["task"] == "host_face" and info["adapter_name"] == "host_person"
+    # provenance in the PNG text chunk agrees with the headers
+    assert info["adapter_file"] == "demo:lora/host_person/pytorch_lora_weights.safetensors"
+    assert f"x-adapter-hash: {info['adapter_hash']}" in headers.lower()
 
 
 def test_response_headers_say_task_adapter_strength_seed_and_demo(client):
@@ -35,7 +39,9 @@ def test_response_headers_say_task_adapter_strength_seed_and_demo(client):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     h = r.headers
     assert (h["x-task"], h["x-adapter"], h["x-lora-scale"], h["x-seed"]) == ("host_face", "host_person", "0.7", "42")
-    assert h["x-adapter-file"] == "pytorch_lora_weights.safetensors"
+    assert h["x-adapter-file"] == "demo:lora/host_person/pytorch_lora_weights.safetensors"  # never an absolute path
+    assert re.fullmatch(r"[0-9a-f]{12}", h["x-adapter-hash"])
+    assert any("demo's own LoRA" in w for w in json.loads(h["x-adapter-warnings"]))  # stand-in said in headers
     assert (h["x-width"], h["x-height"], h["x-steps"], h["x-guidance-scale"]) == ("64", "64", "2", "3.5")
     assert h["x-demo-model"] == "true"
     assert float(h["x-generation-time"]) > 0 and float(h["x-queue-wait"]) >= 0

@@ -25,7 +25,7 @@ from ..submission import submit
 router = APIRouter()
 
 #: every header a browser script may read (CORS ``expose_headers``)
-RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Lora-Scale", "X-Seed", "X-Steps",
+RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Adapter-Hash", "X-Adapter-Warnings", "X-Lora-Scale", "X-Seed", "X-Steps",
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
                   "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Replica", "Retry-After", *PROMPT_HEADERS]
 
@@ -62,7 +62,12 @@ def result_headers(job: Job) -> dict[str, str]:
     return {
         "X-Task": info.task or "none",
         "X-Adapter": info.adapter_name or "none",
-        "X-Adapter-File": info.adapter_file or "none",
+        # the LoRA file relative to the models folder ("demo:..." for the demo's own), never an absolute path,
+        # and its sha256 (12 hex digits, as `flux-service lora inspect` prints): which file made this picture
+        "X-Adapter-File": _latin1(info.adapter_file or "none"),
+        "X-Adapter-Hash": info.adapter_hash or "none",
+        # warnings about the adapter alone (the demo's LoRA standing in for yours); all warnings: X-Prompt-Warnings
+        "X-Adapter-Warnings": json.dumps([w for w in info.warnings if "LoRA" in w], ensure_ascii=True),
         "X-Lora-Scale": f"{info.lora_scale:g}",
         "X-Seed": str(info.seed),
         "X-Steps": str(info.num_inference_steps),
@@ -78,6 +83,11 @@ def result_headers(job: Job) -> dict[str, str]:
         "X-Replica": job.replica or "local",  # Ray Serve: the engine replica that made it (app/ray_serve)
         **prompt_headers(info),  # what the prompt stage sent to each text encoder (app/prompt_headers.py)
     }
+
+
+def _latin1(text: str) -> str:
+    """Header values are latin-1: a non-ASCII file name travels escaped like the warnings are."""
+    return text if text.isascii() else json.dumps(text, ensure_ascii=True)[1:-1]
 
 
 async def wait_for_result(request: Request, job: Job) -> None:

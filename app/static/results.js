@@ -8,7 +8,9 @@ function detailRows(job) {
   const t = i.timings || {};
   return [
     ["task", "任务 Task", i.task || job.task || "基础模型 base model"],
-    ["adapter", "LoRA", i.adapter_name ? `${i.adapter_name}${i.adapter_file ? " · " + i.adapter_file : ""}` : "未使用 none"],
+    // adapter_file: relative to the models folder ("demo:..." = the demo's own LoRA); sha256 as `lora inspect` prints
+    ["adapter", "LoRA", i.adapter_name ? `${i.adapter_name}${i.adapter_file ? " · " + i.adapter_file : ""}`
+      + (i.adapter_hash ? ` · sha256 ${i.adapter_hash}` : "") : "未使用 none"],
     ["strength", "强度 Strength", fmt(i.lora_scale)],
     ["seed", "种子 Seed", fmt(i.seed != null ? i.seed : job.seed)],
     ["steps", "步数 Steps", fmt(i.num_inference_steps)],

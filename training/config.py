@@ -99,7 +99,7 @@ def preset(name: str, trigger: str, *, demo: bool, **overrides) -> TrainConfig:
     base = TrainConfig(name=name, trigger=trigger)
     if demo:
         base = replace(base, steps=80, rank=4, alpha=4.0, lr=1e-2, resolutions=(64,), checkpoint_every=40,
-                       min_side=32, sample_size=64, sample_steps=4, preset="demo")
+                       min_side=32, sample_size=64, sample_steps=2, preset="demo")
     given = {k: v for k, v in overrides.items() if v is not None}
     if "resolutions" in given:
         given["resolutions"] = tuple(given["resolutions"])

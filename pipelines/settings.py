@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="How long SIGTERM waits for running work.")
     job_ttl_s: float = Field(default=3600.0, gt=0, description="How long finished jobs are kept.")
     max_jobs_kept: int = Field(default=100, ge=1, description="How many finished jobs are kept at most.")
+    trainings_dir: Path = Field(default=Path("data/trainings"),
+                                description="Where HTTP-submitted trainings keep their photos and state.")
+    max_training_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024,
+                                           description="Body limit of POST /api/trainings (photos or a zip).")
+    training_min_free_gpu_gib: float = Field(default=30.0, ge=0,
+                                             description="Free GPU memory a training needs to be admitted.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
 
     @field_validator("cors_origins", mode="before")

@@ -122,10 +122,10 @@ def cmd_train(args) -> int:
 def _check_task_free(tasks_file: Path, task: str, overwrite: bool) -> None:
     from pipelines.tasks import load_task_table
 
-    from .errors import TrainingConfigError
+    from .errors import NameTaken
 
     if tasks_file.exists() and not overwrite and task in load_task_table(tasks_file).tasks:
-        raise TrainingConfigError(f"task {task!r} already exists in {tasks_file}; choose another --task or pass "
+        raise NameTaken(f"task {task!r} already exists in {tasks_file}; choose another --task or pass "
                                   "--overwrite-task to replace it", param="task")
 
 

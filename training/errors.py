@@ -40,3 +40,9 @@ class TrainingConfigError(InvalidRequest):
     """An option is out of range or contradicts the output folder's state (exists, resume mismatch)."""
 
     type = "invalid_training_config"
+
+
+class NameTaken(TrainingConfigError):
+    """The LoRA name or task already exists (HTTP 409); pick another or ask to overwrite."""
+
+    type = "name_taken"

@@ -33,7 +33,7 @@ from pipelines.settings import Settings
 
 from .config import TARGET_MODULES, TrainConfig
 from .dataset import Dataset
-from .errors import TrainingConfigError
+from .errors import NameTaken, TrainingConfigError
 from .lora_file import WEIGHTS_NAME, adapter_metadata, lora_state_dict, save_lora
 from .samples import write_sample_row, write_sample_sheet
 
@@ -69,7 +69,7 @@ def _prepare_output(out: Path, resume: bool, overwrite: bool) -> Path | None:
             logger.warning("--resume: no checkpoint in %s; starting from step 0", out)
         return ckpt
     if has_results and not overwrite:
-        raise TrainingConfigError(f"{out} already holds a trained LoRA or checkpoints; pass --resume to continue "
+        raise NameTaken(f"{out} already holds a trained LoRA or checkpoints; pass --resume to continue "
                                   "it, --overwrite to start again, or choose another --name", param="name")
     for child in ("checkpoints", "samples", WEIGHTS_NAME, "training.json", "samples.png"):
         target = out / child

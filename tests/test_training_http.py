@@ -71,6 +71,13 @@ def test_upload_train_follow_and_register_the_task(server, env):
         assert done["status"] == "succeeded" and len(done["losses"]) == 12 and done["lora"] == "lora/red"
         assert c.get(done["sample_sheet_url"]).status_code == 200
         assert json.loads(c.get(done["report_url"]).content)["steps_done"] == 12
+        assert done["task_served"] is True  # served at once, no restart: generate with it
+        tasks = {t["name"]: t for t in c.get("/api/tasks").json()["tasks"]}
+        assert tasks["red_face"]["adapter_name"] == "red" and tasks["red_face"]["trigger_words"] == ["ohwx"]
+        img = c.post("/api/generate-image", json={"prompt": "portrait", "task": "red_face", "use_model_manager": True, "width": 64,
+                                                  "height": 64, "num_inference_steps": 2, "seed": 1})
+        assert img.status_code == 200, img.text
+        assert img.headers["x-adapter"] == "red" and img.headers["x-task"] == "red_face"
     text = (env["base"] / "models" / "tasks.toml").read_text()
     assert "[tasks.red_face]" in text and 'trigger_words = ["ohwx"]' in text
     assert (env["base"] / "models" / "lora" / "red" / "pytorch_lora_weights.safetensors").is_file()

@@ -43,8 +43,10 @@ class RunNotFound(InvalidRequest):
 
 
 class TrainingRuns:
-    def __init__(self, settings: Settings, *, demo: bool, device: str) -> None:
+    def __init__(self, settings: Settings, *, demo: bool, device: str, on_task=None) -> None:
         self.settings = settings
+        #: called with the task name when a run that registered a task succeeds (the app serves it at once)
+        self.on_task = on_task
         self.demo = demo
         self.device = device
         self.root = Path(settings.trainings_dir)
@@ -330,7 +332,15 @@ class TrainingRuns:
                 error = {"type": "training_failed", "message": f"the trainer exited with code {code}: {tail}",
                          "param": None}
         (self._dir(run_id) / "cancel").unlink(missing_ok=True)
-        self._update(run_id, status=status, exit_code=code, error=error, finished=time.time(), resume=True)
+        task_served = None
+        if status == "succeeded" and run.get("task") and self.on_task is not None:
+            try:
+                self.on_task(run["task"])
+                task_served = True
+            except Exception as exc:  # trained and registered all the same; say why it is not served yet
+                logger.error("task %s registered but not served until restart: %s", run["task"], exc)
+                task_served = False
+        self._update(run_id, task_served=task_served, status=status, exit_code=code, error=error, finished=time.time(), resume=True)
         logger.info("training %s %s (exit code %d)", run_id, status, code)
 
 

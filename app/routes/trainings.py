@@ -10,9 +10,8 @@ GPU sharing (one GPU): generation is never paused. On CUDA a training is admitte
 ``FLUX_TRAINING_MIN_FREE_GPU_GIB`` (30) GiB are free next to the serving model, else 503 with Retry-After;
 while it runs, images keep being generated, more slowly. On the CPU both simply share the cores.
 
-A registered ``task`` is written to the task table when the run succeeds; the serving engine loads its
-task table at start-up, so the new task serves after a restart (``use_it`` in the run says so), while the
-new LoRA is usable at once from the Python API and CLI.
+A registered ``task`` is written to the task table when the run succeeds and is served at once (the
+engine loads its adapter between two generations); ``task_served`` in the run says whether that worked.
 """
 
 from __future__ import annotations
@@ -171,8 +170,14 @@ def install_trainings(app: FastAPI, settings, guarded) -> None:
             from training.runs import TrainingRuns
 
             engine = a.state.engine
+
+            def serve_task(name: str) -> None:  # the task written by the trainer, served without a restart
+                from pipelines.tasks import load_task_table
+
+                engine.add_task(load_task_table(engine.settings.resolved_tasks_file()).get(name))
+
             runs = TrainingRuns(settings, demo=bool(getattr(engine, "is_demo", False)),
-                                device=str(getattr(engine, "device", "cpu")))
+                                device=str(getattr(engine, "device", "cpu")), on_task=serve_task)
             a.state.trainings = await asyncio.to_thread(runs.start)
             try:
                 yield state

@@ -160,8 +160,7 @@ class TrainingRuns:
         with self._lock:
             self._write(run)
         logger.info("training %s queued: %s (%d photos, %d steps)", run_id, name, len(dataset.photos), config.steps)
-        self._kick()
-        return self.get(run_id)
+        return self.get(run_id)  # the supervisor loop (every 0.2 s) starts it when no other run is going
 
     # ------------------------------------------------------------------ read
     def events(self, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
@@ -256,9 +255,6 @@ class TrainingRuns:
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-    def _kick(self) -> None:
-        pass  # the loop polls every 0.2 s; nothing to wake
 
     def _loop(self) -> None:
         while not self._stopping:

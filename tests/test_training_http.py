@@ -3,33 +3,28 @@ registered task, bad data, cancel, and a service restart in the middle of a trai
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
 
-import httpx
 import pytest
 
-from tests.http_support import ROOT, LiveServer, wait_until
-from tests.training_support import red_photos
+from tests.http_support import _SERVERS, LiveServer, wait_until
+from tests.training_support import red_photos, training_server
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, engine):  # engine: the demo model is built before the server starts
-    base = tmp_path_factory.mktemp("http_train")
-    (base / "models").mkdir()
-    shutil.copy(ROOT / "models" / "tasks.toml", base / "models" / "tasks.toml")
-    photos = red_photos(base / "photos")
-    return {"base": base, "photos": photos,
-            "env": {"FLUX_MODELS_DIR": str(base / "models"), "FLUX_TRAININGS_DIR": str(base / "trainings"),
-                    "FLUX_TASKS_FILE": str(base / "models" / "tasks.toml")}}
+def live(engine):  # engine: the demo model is built before the server starts
+    return training_server()
 
 
 @pytest.fixture(scope="module")
-def server(env):
-    s = LiveServer(**env["env"])
-    yield s
-    s.stop()
+def env(live, tmp_path_factory):
+    _, base, env_vars = live
+    return {"base": base, "photos": red_photos(tmp_path_factory.mktemp("photos") / "p"), "env": env_vars}
+
+
+@pytest.fixture(scope="module")
+def server(live):
+    return live[0]
 
 
 def _files(folder):
@@ -113,19 +108,16 @@ def test_cancel_stops_a_running_training_at_a_checkpoint(server, env):
 def test_a_training_survives_a_service_restart_and_resumes(server, env):
     with server.client() as c:
         run = c.post("/api/trainings", files=_files(env["photos"]),
-                     data={"name": "restart", "trigger": "ohwx", "steps": "60"}).json()
+                     data={"name": "restart", "trigger": "ohwx", "steps": "24"}).json()
         wait_until(lambda: c.get(f"/api/trainings/{run['id']}").json()["step"] >= 3, timeout=120, interval=0.3)
     server.stop()  # SIGTERM: the trainer checkpoints and stops, the run is kept as interrupted
     state = json.loads((env["base"] / "trainings" / run["id"] / "run.json").read_text())
     assert state["status"] == "interrupted"
-    again = LiveServer(**env["env"])
-    try:
-        with again.client(timeout=240) as c:
-            events = _events(c, run["id"])
-            assert events[-1][0] == "succeeded", events[-1]
-            resumed = [d for k, d in events if k == "resumed"]
-            assert resumed and resumed[0]["step"] >= 3
-            final = c.get(f"/api/trainings/{run['id']}").json()
-            assert final["attempts"] == 2 and [s for s, _ in final["losses"]] == list(range(1, 61))
-    finally:
-        again.stop()
+    again = _SERVERS["trainings"] = LiveServer(**env["env"])  # the restarted service, shared from now on
+    with again.client(timeout=240) as c:
+        events = _events(c, run["id"])
+        assert events[-1][0] == "succeeded", events[-1]
+        resumed = [d for k, d in events if k == "resumed"]
+        assert resumed and resumed[0]["step"] >= 3
+        final = c.get(f"/api/trainings/{run['id']}").json()
+        assert final["attempts"] == 2 and [s for s, _ in final["losses"]] == list(range(1, 25))

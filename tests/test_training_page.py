@@ -4,26 +4,18 @@ the new task in the generator. Needs Debian's Chromium at /usr/bin/chromium (see
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.http_support import ROOT, LiveServer
+from tests.http_support import ROOT
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.training_support import red_photos
+from tests.training_support import red_photos, training_server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, engine):
-    base = tmp_path_factory.mktemp("page_train")
-    (base / "models").mkdir()
-    shutil.copy(ROOT / "models" / "tasks.toml", base / "models" / "tasks.toml")
-    s = LiveServer(FLUX_MODELS_DIR=str(base / "models"), FLUX_TRAININGS_DIR=str(base / "trainings"),
-                   FLUX_TASKS_FILE=str(base / "models" / "tasks.toml"))
-    s.base = base
-    yield s
-    s.stop()
+def server(engine):  # engine: the demo model is built before the server starts
+    return training_server()[0]  # shared with test_training_http.py
 
 
 def test_train_tab_trains_shows_progress_and_use_it_selects_the_task(server, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -28,3 +30,21 @@ def zip_folder(folder: Path, target: Path) -> Path:
         for p in sorted(folder.iterdir()):
             zf.write(p, p.name)
     return target
+
+
+_SERVER_BASE: Path | None = None
+
+
+def training_server():
+    """One live server for the HTTP and page training tests (a start costs seconds of CPU): its own models
+    folder (a copy of the task table) and trainings folder, in a temporary directory made once."""
+    global _SERVER_BASE
+    from tests.http_support import ROOT, shared_server
+
+    if _SERVER_BASE is None:
+        _SERVER_BASE = Path(tempfile.mkdtemp(prefix="flux-train-http-"))
+        (_SERVER_BASE / "models").mkdir()
+        shutil.copy(ROOT / "models" / "tasks.toml", _SERVER_BASE / "models" / "tasks.toml")
+    env = {"FLUX_MODELS_DIR": str(_SERVER_BASE / "models"), "FLUX_TRAININGS_DIR": str(_SERVER_BASE / "trainings"),
+           "FLUX_TASKS_FILE": str(_SERVER_BASE / "models" / "tasks.toml")}
+    return shared_server("trainings", **env), _SERVER_BASE, env

@@ -3,8 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# `make serve PORT=8123 HOST=0.0.0.0`: only values given on the make command line count (a shell's own
+# HOST or PORT variable must not move the server); FLUX_PORT / FLUX_HOST in the environment work as well.
+SERVE_ARGS := $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+              $(if $(filter command line,$(origin PORT)),--port $(PORT))
 
-.PHONY: serve test bench browser clean-venv
+.PHONY: serve serve-ray test bench browser clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,11 +18,14 @@ ifeq ($(HAS_GPU),yes)
 else
 	$(PIP) install -q torch==2.13.0   # the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 endif
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,ray]'   # the optional extras too, so `make test` tests them
 	touch $@
 
-serve: $(VENV)/.installed          ## start the service on http://127.0.0.1:8000 (demo model unless configured)
-	$(VENV)/bin/flux-service serve
+serve: $(VENV)/.installed          ## start the service on http://127.0.0.1:8000 (PORT=, HOST= to change; demo model unless configured)
+	$(VENV)/bin/flux-service serve $(strip $(SERVE_ARGS))
+
+serve-ray: $(VENV)/.installed      ## the same service through Ray Serve, REPLICAS engine replicas (docs/deploy.md)
+	$(VENV)/bin/flux-service serve --ray --replicas $(or $(REPLICAS),2)
 
 test: $(VENV)/.installed browser   ## run the whole test suite
 	$(PY) -m pytest
@@ -26,6 +33,7 @@ test: $(VENV)/.installed browser   ## run the whole test suite
 bench: $(VENV)/.installed          ## run the benchmarks (see docs/benchmarks.md)
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/http_overhead.py
+	$(PY) bench/scale_out.py
 
 browser:                           ## Debian's Chromium (+ a CJK font for screenshots) for the browser test
 	@command -v chromium >/dev/null 2>&1 || { \

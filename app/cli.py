@@ -15,6 +15,18 @@ import sys
 from pathlib import Path
 
 logger = logging.getLogger("flux_service.cli")
+#: set by main() for generate/compare: shows each warning once per run (app/console.py)
+_once = None
+
+
+def _unseen(warnings_: list[str]) -> list[str]:
+    return _once.unseen(warnings_) if _once is not None else list(warnings_)
+
+
+def _warn(w: str) -> None:
+    """Print a result's warning unless this run has already shown it (the log may have)."""
+    for text in _unseen([w]):
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def _settings(args):
@@ -59,7 +71,8 @@ def _request(args, **overrides):
     from pipelines.types import GenerationRequest
 
     fields = dict(prompt=args.prompt, task=args.task, lora_alpha=args.lora_alpha, width=args.width,
-                  height=args.height, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+                  height=args.height, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                  translate=args.translate)
     fields.update(overrides)
     return GenerationRequest(**fields)
 
@@ -70,8 +83,12 @@ def _print_info(info, path: Path) -> None:
     print(f"saved {path}  task={info.task or '-'}  LoRA: {lora}  seed={info.seed}  {info.width}x{info.height}  "
           f"steps={info.num_inference_steps}  guidance={info.guidance_scale:g}  {info.timings.get('total_s', 0):.2f}s"
           + ("  [DEMO MODEL]" if info.demo else ""))
+    if info.prompt != info.prompt_original:
+        print(f"prompt sent: {info.prompt}  (translate={info.translate}"
+              + (f", translator: {info.translator}" if info.translator else "")
+              + f"; T5 unknown {info.t5_unknown_before:.0%} -> {info.t5_unknown_after:.0%})")
     for w in info.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        _warn(w)
 
 
 def cmd_generate(args) -> int:
@@ -112,8 +129,8 @@ def cmd_compare(args) -> int:
         with_lora.image.save(out.with_name("test_with_lora.png"))
     print(f"saved {out} (left: without LoRA, right: with {with_lora.info.adapter_file} at "
           f"alpha={with_lora.info.lora_scale:g}; seed {seed})" + ("  [DEMO MODEL]" if engine.is_demo else ""))
-    for w in with_lora.info.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    for w in with_lora.info.warnings + without.info.warnings:
+        _warn(w)
     return 0
 
 
@@ -221,6 +238,14 @@ def cmd_serve(args) -> int:
 
     settings = _settings(args).model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
                                                   if v is not None})
+    if args.ray:  # the same app behind Ray Serve's proxy, N engine replicas (app/ray_serve, docs/deploy.md)
+        try:
+            from app.ray_serve import serve_forever
+        except ImportError as exc:
+            print(f"error: --ray needs Ray Serve ({exc}); install it with pip install -e '.[ray]'", file=sys.stderr)
+            return 2
+        serve_forever(settings, args.replicas if args.replicas is not None else settings.ray_replicas)
+        return 0
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
                 **server_options(settings))  # header/body timeouts, connection limit (app/http_guard.py)
@@ -252,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--steps", type=int, help="num_inference_steps")
         sp.add_argument("--guidance", type=float, help="guidance_scale")
         sp.add_argument("--seed", type=int, help="random when omitted (always printed)")
+        sp.add_argument("--translate", choices=["auto", "glossary", "off"],
+                        help="Chinese prompts: auto = glossary, then the translation model for what T5 cannot read; "
+                             "glossary = glossary only; off = as typed (default: FLUX_TRANSLATE, auto)")
         model_opts(sp)
 
     g = sub.add_parser("generate", help="generate one image to a PNG (with a progress bar)")
@@ -283,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (FLUX_HOST, default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (FLUX_PORT, default 8000)")
     s.add_argument("--log-level", dest="log_level", default="info")
+    s.add_argument("--ray", action="store_true",
+                   help="serve through Ray Serve: a local Ray instance, or the cluster at RAY_ADDRESS (needs the "
+                        "'ray' extra; see docs/deploy.md)")
+    s.add_argument("--replicas", type=int, help="with --ray: engine replicas, one GPU each (FLUX_RAY_REPLICAS)")
     model_opts(s)
     s.set_defaults(func=cmd_serve)
 
@@ -293,9 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _once
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .console import WarningsOnce, quiet_third_party
+
+    quiet_third_party(verbose=args.verbose)
+    if args.command in ("generate", "compare"):
+        _once = WarningsOnce()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_once)
     from pipelines.errors import FluxServiceError
 
     try:

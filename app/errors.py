@@ -14,7 +14,7 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -98,6 +98,18 @@ def status_for(exc: FluxServiceError) -> int:
     return 500
 
 
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """What every 4xx/5xx answer carries (documented on every status of every route in the OpenAPI schema)."""
+
+    error: ErrorBody
+
+
 def envelope(type_: str, message: str, param: str | None = None) -> dict:
     return {"error": {"type": type_, "message": message, "param": param}}
 
@@ -130,7 +142,16 @@ def validation_message(err: dict) -> tuple[str, str | None]:
     if err.get("type") == "extra_forbidden":
         return (f"{name} is not a parameter of this endpoint; file paths and unknown fields are refused "
                 "(name a `task` instead)", param)
-    got = f", got {err['input']!r}" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
+    if err.get("input", 0) is None and str(err.get("type", "")).endswith("_type"):
+        return f"{name} is null; an optional field is absent or has a value: leave it out for its default", param
+    if err.get("type") == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == r"\S":
+        return f"{name} must not be blank", param
+    got = ""
+    if "input" in err and not isinstance(err["input"], (dict, list)):
+        text = repr(err["input"])
+        if len(text) > 60:  # a 2001-character prompt is not worth echoing back in full
+            text = f"{text[:50]}... ({len(text)} characters)"
+        got = f", got {text}"
     return f"{name}: {err.get('msg', 'invalid value')}{got}", param
 
 

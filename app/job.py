@@ -43,10 +43,15 @@ class Job:
     info: GenerationInfo | None = None
     png: bytes | None = None
     error: FluxServiceError | None = None
+    #: event streams that asked for live previews (app/live_preview.py), and the newest preview (or None)
+    preview_watchers: int = 0
+    preview: dict | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
     enqueued_mono: float = field(default_factory=time.monotonic)
+    #: which engine replica made it (Ray Serve's replica id; "local" in the single-process service)
+    replica: str | None = None
     #: set by whoever wants it stopped; the worker raises it at the next denoising step
     stop_reason: FluxServiceError | None = None
 
@@ -82,6 +87,7 @@ class Job:
             "height": self.request.height,
             "error": error_body(self.error) if self.error is not None else None,
             "info": self.info.to_dict() if self.info is not None else None,
+            "replica": self.replica,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),

@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipelines.errors import ConfigError, FluxServiceError
 from pipelines.settings import Settings, load_settings
 
+from . import openapi
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
 from .jobs import JobStore
@@ -33,7 +34,7 @@ from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page
 from .routes.trainings import install_trainings
-from .schemas import GenerateParams
+from .schemas import params_model
 from .security import require_api_key
 from .worker import Worker
 
@@ -42,13 +43,23 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """FLUX.1 image generation with per-task LoRA adapters.
 
 `POST /api/generate-image` returns PNG bytes; `POST /api/jobs` queues the same request and reports progress
-(`GET /api/jobs/{id}/events`, server-sent events). Both accept multipart form, urlencoded form or JSON with
-the same fields. Errors are `{"error": {"type", "message", "param"}}`.
+(`GET /api/jobs/{id}/events`, server-sent events). Leave an optional field out for its default; never send
+`null`. Errors are `{"error": {"type", "message", "param"}}`, on every status listed per route.
+
+**Forms too.** Besides the JSON body listed below, both routes take the same fields as a multipart form
+(`curl -F prompt=...`, browser `FormData`) or an urlencoded form, under the same rules: one value per field,
+UTF-8 text, `true`/`false` (also `on`/`off`, `1`/`0`, `yes`/`no`) for booleans, integers written as integers,
+an empty optional field means "not given", a list or object field as JSON text, no file parts.
 """
 
 
-def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine=None, backend=None) -> FastAPI:
     """Build the app. ``engine``: an already loaded ``FluxEngine`` (tests share one); None loads it at start-up.
+
+    ``backend``: where generations run. None: this process (``FluxEngine`` + the ``Worker`` thread). Ray Serve
+    (``app/ray_serve``) passes one with ``load_engine(settings)`` (a planning-only engine: validation, task
+    list, no weights) and ``make_worker(engine, queue_size, metrics)`` (a worker that submits to Ray replicas),
+    so both modes share every route, the page and the docs.
 
     Parameter limits (sizes, steps, prompt length) are enforced by ``engine.plan`` with the engine's own
     settings; they are this ``settings`` object unless a caller passes an engine built with other settings.
@@ -64,13 +75,14 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
             from pipelines.engine import FluxEngine
 
             try:
-                eng = await asyncio.to_thread(FluxEngine.from_settings, settings)
+                load = backend.load_engine if backend is not None else FluxEngine.from_settings
+                eng = await asyncio.to_thread(load, settings)
             except FluxServiceError as exc:
                 logger.error("start-up failed (%s): %s", exc.type, exc.message)
                 raise
         if eng.is_demo:
             logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
-        worker = Worker(eng, settings.queue_size, metrics)
+        worker = (backend.make_worker if backend is not None else Worker)(eng, settings.queue_size, metrics)
         worker.start()
         metrics.bind(worker, eng)
         app.state.engine, app.state.worker = eng, worker
@@ -85,18 +97,26 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
             app.state.engine = app.state.worker = None
             logger.info("shut down")
 
+    # operation ids are the route functions' names, so generated clients get `generate_image`, `create_job`...
     app = FastAPI(title="flux-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  generate_unique_id_function=lambda route: route.name,
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.jobs = JobStore(settings.job_ttl_s, settings.max_jobs_kept)
     app.state.engine = app.state.worker = None
+    # the limits `engine.plan` enforces are the engine's settings: the request model (and so the schema) uses them
+    app.state.params_model = params_model(engine.settings if engine is not None else settings)
 
     install_error_handlers(app)
+    from .access_log import quiet_health_checks  # only the factory needs it
+
+    quiet_health_checks(not settings.log_health_checks)
     guarded = [Depends(require_api_key)]
-    app.include_router(generate.router, dependencies=guarded, tags=["generate"])
-    app.include_router(jobs.router, dependencies=guarded, tags=["jobs"])
-    app.include_router(meta.api, dependencies=guarded, tags=["service"])
+    keyed = openapi.error_responses(401) if settings.api_key else {}  # 401 exists only with a key
+    app.include_router(generate.router, dependencies=guarded, tags=["generate"], responses=keyed)
+    app.include_router(jobs.router, dependencies=guarded, tags=["jobs"], responses=keyed)
+    app.include_router(meta.api, dependencies=guarded, tags=["service"], responses=keyed)
     app.include_router(meta.router, tags=["service"])
     if settings.enable_test_hooks:
         logger.warning("test hooks are enabled (/_test/*): never do this in production")
@@ -104,7 +124,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     install_trainings(app, settings, guarded)  # POST /api/trainings ...; its supervisor wraps the lifespan
     install_docs(app)
     install_page(app)
-    _document_request_body(app)
+    openapi.install(app, params_model=app.state.params_model, api_key_set=bool(settings.api_key))
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        overrides={"/api/trainings": settings.max_training_upload_bytes})  # photo uploads
@@ -134,21 +154,6 @@ def _ensure_log_output() -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _document_request_body(app: FastAPI) -> None:
-    """The routes read their body by hand (three encodings); publish its schema for /docs and clients."""
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
-        schema.setdefault("components", {}).setdefault("schemas", {})["GenerateParams"] = (
-            GenerateParams.model_json_schema(ref_template="#/components/schemas/{model}"))
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def __getattr__(name: str):

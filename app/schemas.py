@@ -1,41 +1,84 @@
-"""The request fields of ``/api/generate-image`` and ``/api/jobs``, from a form or a JSON body.
+"""The request fields of ``/api/generate-image`` and ``/api/jobs``: one pydantic model that parses and documents.
 
-Why one model read by hand instead of FastAPI ``Form(...)`` parameters: the users' ``curl -F`` sends
-multipart, browsers send ``FormData`` or JSON, and all three must mean the same thing with the same field
-names and the same errors. Pydantic checks types and shapes here; limits that depend on the model and the
-settings (size bounds, steps, strength) are checked by ``engine.plan`` before anything is queued.
-Unknown fields are refused, so a client can never slip a file path (``lora_path``) in.
+Why one model for both (vLLM's ``protocol.py``): the same class validates every request and produces the
+OpenAPI schema that ``/docs`` and generated clients read, so the two cannot drift. ``params_model(settings)``
+adds the limits in force (prompt length, size bounds, step count) as constraints, so ``maxLength``,
+``minimum``/``maximum`` and ``multipleOf`` in the schema are exactly what the server enforces.
+
+Optional means absent, never ``null``: an optional field is typed ``int`` (not ``int | None``) with a
+default of ``None`` that pydantic never validates, so leaving the field out gives the default and sending
+``null`` is refused. The schema then shows no ``null`` for Swagger UI to pre-fill into every input.
+Validation is strict (a boolean is not an integer, ``"64"`` is not a number in JSON, ``1.5`` is not an
+integer) except where JSON Schema itself is lenient: ``64.0`` *is* an integer there (any number with a zero
+fraction), and generated clients and validators go by the schema, so the server agrees. The form encodings
+turn their text into typed values first (``app/request_body.py``), so every encoding meets the same rules.
+Unknown fields are refused, so a client can never slip a file path in.
+
+Adding a request field is one line here: the schema, JSON and forms follow by themselves (a field whose type
+is not a scalar, a list or an object, is JSON text in a form).
 """
 
 from __future__ import annotations
 
-import json
+from typing import Annotated, Literal
 
-from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Ge, Le, MaxLen
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from pipelines.engine import MAX_GUIDANCE, MAX_SEED
 from pipelines.errors import InvalidRequest
+from pipelines.settings import Settings
+from pipelines.tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA
 from pipelines.types import GenerationRequest
 
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+SIZE_MULTIPLE = 16
+
+
+
+
+def _optional_means_absent(schema: dict, _cls: type) -> None:
+    """Drop ``"default": null`` from the schema: Swagger UI would pre-fill the text ``null`` into the input."""
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
 
 
 class GenerateParams(BaseModel):
-    """One image to generate. Field names follow diffusers; sizes must be multiples of 16."""
+    """One image to generate. Field names follow diffusers. Leave a field out to get its default."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=100_000)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False,
+                              json_schema_extra=_optional_means_absent)
 
-    prompt: str = Field(description="What to draw; any language (T5 reads English best). Required, non-empty.")
+    prompt: str = Field(min_length=1, pattern=r"\S", examples=["科普主持人，专业形象，微笑"],
+                        description="What to draw; any language (T5 reads English best). Required, not blank.")
     use_model_manager: bool = Field(default=False, description="true: use `task`'s LoRA and defaults; "
                                     "false: the base model with no LoRA.")
-    task: str | None = Field(default=None, description="A task from GET /api/tasks; needs use_model_manager=true.")
-    width: int | None = Field(default=None, description="Pixels, multiple of 16; default: the task's, else 1024.")
-    height: int | None = Field(default=None, description="Pixels, multiple of 16; default: the task's, else 1024.")
-    lora_alpha: float | None = Field(default=None, description="LoRA strength 0..2 for this request only; "
-                                     "default: the task's. Only with a task that has a LoRA.")
-    seed: int | None = Field(default=None, description="Default: random (always reported back).")
-    num_inference_steps: int | None = Field(default=None, ge=1, description="Default: the task's or the model's.")
-    guidance_scale: float | None = Field(default=None, description="0..20; default: the task's or the model's.")
+    task: str = Field(default=None, description="A task from GET /api/tasks; needs use_model_manager=true.")
+    width: int = Field(default=None, multiple_of=SIZE_MULTIPLE,
+                       description="Pixels, a multiple of 16; default: the task's, else 1024.")
+    height: int = Field(default=None, multiple_of=SIZE_MULTIPLE,
+                        description="Pixels, a multiple of 16; default: the task's, else 1024.")
+    lora_alpha: float = Field(default=None, ge=MIN_LORA_ALPHA, le=MAX_LORA_ALPHA,
+                              description="LoRA strength for this request only; default: the task's. Only with "
+                                          "a task that has a LoRA.")
+    seed: int = Field(default=None, ge=0, le=MAX_SEED, description="Default: random (always reported back).")
+    num_inference_steps: int = Field(default=None, ge=1, description="Default: the task's or the model's.")
+    guidance_scale: float = Field(default=None, ge=0.0, le=MAX_GUIDANCE,
+                                  description="Default: the task's or the model's.")
+    translate: Literal["auto", "glossary", "off"] = Field(
+        default=None, description="Chinese prompts: auto (glossary, then the translation model for what T5 cannot "
+        "read), glossary, off (as typed); default: the server's FLUX_TRANSLATE (auto).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_schema_integers(cls, data: object) -> object:
+        """JSON Schema's ``integer``: 64.0 is one (taken as 64); 64.5, ``true`` and ``"64"`` are not."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if field.annotation is int and isinstance(value, float) and value.is_integer():
+                    data = {**data, name: int(value)}
+        return data
 
     def to_request(self, task_names: list[str], lora_tasks: list[str]) -> GenerationRequest:
         """Apply the ``use_model_manager`` rules; never ignore a field silently."""
@@ -58,49 +101,25 @@ class GenerateParams(BaseModel):
         return GenerationRequest(
             prompt=self.prompt, task=self.task if self.use_model_manager else None, lora_alpha=self.lora_alpha,
             width=self.width, height=self.height, num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale, seed=self.seed)
+            guidance_scale=self.guidance_scale, seed=self.seed, translate=self.translate)
 
 
-async def read_params(request: Request) -> GenerateParams:
-    """Parse a multipart, urlencoded or JSON body into ``GenerateParams`` (422 envelope on any problem)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json" or ctype.endswith("+json"):
-        raw = await request.body()
-        try:
-            data = json.loads(raw) if raw else None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRequest(f"the JSON body does not parse: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("the JSON body must be an object with the fields, e.g. {\"prompt\": \"...\"}")
-    elif ctype in FORM_TYPES:
-        form = await request.form(max_files=0, max_fields=64)
-        data = {}
-        for key, value in form.multi_items():
-            if not isinstance(value, str):
-                raise InvalidRequest(f"`{key}`: file uploads are not accepted", param=key)
-            if key in data:
-                raise InvalidRequest(f"`{key}` was sent more than once", param=key)
-            data[key] = value
-        # an empty optional form field (an empty <input>) means "not given"
-        data = {k: v for k, v in data.items() if not (v.strip() == "" and k != "prompt")}
-    else:
-        raise InvalidRequest("send the fields as multipart/form-data, application/x-www-form-urlencoded or "
-                             f"application/json; got content type {ctype or 'none'!r}")
-    return GenerateParams.model_validate(data)
+def _tightened(name: str, *constraints) -> tuple:
+    """The base model's field ``name`` with extra constraints (its description and default kept)."""
+    field = GenerateParams.model_fields[name]
+    return Annotated[(field.annotation, *constraints)], field  # type: ignore[valid-type]
 
 
-def request_body_openapi() -> dict:
-    """``openapi_extra`` documenting the three accepted encodings of the same fields."""
-    ref = {"$ref": "#/components/schemas/GenerateParams"}
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": ref},
-        "application/x-www-form-urlencoded": {"schema": ref},
-        "application/json": {"schema": ref},
-    }}}
+def params_model(limits: Settings) -> type[GenerateParams]:
+    """``GenerateParams`` with the limits of ``limits`` (the engine's settings) as schema constraints.
 
-
-def error_envelope_schema() -> dict:
-    return {"type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["type", "message", "param"],
-        "properties": {"type": {"type": "string"}, "message": {"type": "string"},
-                       "param": {"type": ["string", "null"]}}}}}
+    The engine's ``plan`` checks the same limits again (it also serves the Python API and the CLI); with
+    them in the model, a client reads them from the schema instead of discovering them one 422 at a time.
+    """
+    return create_model(
+        "GenerateParams", __base__=GenerateParams, __module__=__name__, __doc__=GenerateParams.__doc__,
+        prompt=_tightened("prompt", MaxLen(limits.max_prompt_chars)),
+        width=_tightened("width", Ge(limits.min_size), Le(limits.max_size)),
+        height=_tightened("height", Ge(limits.min_size), Le(limits.max_size)),
+        num_inference_steps=_tightened("num_inference_steps", Le(limits.max_steps)),
+    )

@@ -17,7 +17,7 @@ from pipelines.errors import FluxServiceError
 
 from .deps import engine_of, worker_of
 from .job import Job
-from .schemas import read_params
+from .request_body import read_params
 
 
 async def submit(request: Request, kind: str) -> Job:
@@ -25,7 +25,7 @@ async def submit(request: Request, kind: str) -> Job:
     try:
         engine = engine_of(request)
         worker = worker_of(request)
-        params = await read_params(request)
+        params = await read_params(request, request.app.state.params_model)
         req = params.to_request(engine.tasks.names(), [t.name for t in engine.task_infos() if t.adapter_name])
         plan = engine.plan(req)
         req = dataclasses.replace(req, seed=plan.seed, width=plan.width, height=plan.height,

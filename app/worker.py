@@ -20,6 +20,7 @@ from pipelines.errors import Cancelled, DeadlineExceeded, FluxServiceError
 
 from .errors import NotReady, RetryLater
 from .job import Job
+from .live_preview import JobPreviewer
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Worker:
                 job = self._queue.popleft()
                 self._running = job
                 job.status, job.position, job.started_at = "running", None, time.time()
+                job.replica = "local"
                 self._renumber()
             try:
                 self._run(job)
@@ -150,7 +152,7 @@ class Worker:
 
         started = time.perf_counter()
         try:
-            result = self.engine.generate(job.request, progress=progress)
+            result = self.engine.generate(job.request, progress=progress, preview=JobPreviewer(job))
             png = result.png_bytes()
         except FluxServiceError as exc:
             self._finish(job, exc)
@@ -176,6 +178,7 @@ class Worker:
         else:
             status = "failed"
         job.error, job.finished_at, job.position = error, time.time(), None
+        job.preview = None  # the image (or the error) replaces it
         job.status = status
         if self.metrics is not None:
             self.metrics.requests.labels(job.kind, status if error is None else error.type).inc()

@@ -32,6 +32,9 @@ class AdapterStrategy(Protocol):
     def active(self) -> tuple[str, float] | None:
         """What is active now, or None for the base model."""
 
+    # Optional: ``unload(name)`` frees a resident adapter (inactive afterwards). Ray replicas need it to keep
+    # only their most recently used LoRAs resident (app/ray_serve); the engine calls it only when present.
+
     @property
     def switches(self) -> int:
         """How many times the active (adapter, scale) changed: a metric."""
@@ -88,6 +91,16 @@ class PeftAdapters:
         self._apply(target)
         self._active, self._known = target, True
         self._switches += 1
+
+    def unload(self, name: str) -> None:
+        """Free ``name``'s LoRA layers (a Ray replica's LRU of LoRAs, app/ray_serve). Deactivated first if
+        active; afterwards the model computes exactly as if the adapter had never been loaded."""
+        if name not in self._loaded:
+            raise AdapterError(f"adapter {name!r} is not loaded")
+        if self._active is not None and self._active[0] == name:
+            self.activate(None, 0.0)
+        self._pipe.transformer.delete_adapters([name])
+        self._loaded.discard(name)
 
     def _apply(self, target: tuple[str, float] | None) -> None:
         if not self._loaded:

@@ -21,7 +21,9 @@ from .adapters import AdapterStrategy, PeftAdapters
 from .errors import AdapterError, InvalidRequest, OutOfMemory
 from .lora_files import read_lora, resolve_weights_file
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
+from .preview import Preview, Previewer, preview_image
 from .prompt_check import check_prompt
+from .prompt_stage import TRANSLATE_MODES, PromptStage, StagedPrompt, build_prompt_stage
 from .settings import Settings, load_settings
 from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskConfig, TaskTable, load_task_table
 from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
@@ -54,11 +56,15 @@ class Plan:
     guidance_scale: float
     seed: int
     notes: tuple[str, ...] = ()
+    #: the prompt stage's record (glossary, translation); ``prompt`` is its English with the task's template
+    staged: StagedPrompt | None = None
+    prompt_as_typed: str = ""  # what ``prompt`` would be with translate=off (for the before/after T5 share)
 
 
 class FluxEngine:
     def __init__(self, pipe, source: ModelSource, settings: Settings, device: str, dtype,
-                 tasks: TaskTable | None = None, adapters: AdapterStrategy | None = None) -> None:
+                 tasks: TaskTable | None = None, adapters: AdapterStrategy | None = None,
+                 prompt_stage: PromptStage | None = None) -> None:
         self.pipe = pipe
         self.source = source
         self.settings = settings
@@ -66,6 +72,8 @@ class FluxEngine:
         self.dtype = dtype
         self.tasks = tasks or TaskTable(source=Path("<none>"))
         self.adapters: AdapterStrategy = adapters or PeftAdapters(pipe)
+        #: glossary + optional translator, applied to every prompt before the task's template (setup once)
+        self.prompt_stage = prompt_stage or build_prompt_stage(settings, pipe.tokenizer_2, device, source.demo)
         self._resident: dict[Path, ResidentAdapter] = {}
         #: task name -> its adapter, fixed at start-up so a request never touches the LoRA files again
         self._task_adapters: dict[str, ResidentAdapter] = {}
@@ -142,6 +150,25 @@ class FluxEngine:
                     len(lora.modules), time.perf_counter() - started)
         return adapter
 
+    def ensure_adapter(self, file: str | Path) -> ResidentAdapter:
+        """Make the LoRA at ``file`` resident (a Ray replica's multiplexer loads a request's LoRA set here)."""
+        with self._lock:
+            return self._adapter_for(Path(file))
+
+    def unload_adapter(self, file: str | Path) -> bool:
+        """Free one resident LoRA so a replica holds at most its N most recently used (app/ray_serve). The
+        next request that needs it loads it again from the same file. Needs ``AdapterStrategy.unload``."""
+        with self._lock:
+            weights = resolve_weights_file(Path(file)).resolve()
+            adapter = self._resident.get(weights)
+            if adapter is None:
+                return False
+            self.adapters.unload(adapter.name)  # type: ignore[attr-defined]
+            del self._resident[weights]
+            logger.info("LoRA unloaded: %s (adapter %r); it loads again when a request needs it",
+                        weights, adapter.name)
+            return True
+
     def resident_adapters(self) -> list[ResidentAdapter]:
         return list(self._resident.values())
 
@@ -168,6 +195,8 @@ class FluxEngine:
             adapter, default_alpha = self._adapter_for(located), 1.0
         elif task is not None and task.lora:
             adapter, default_alpha = self._task_adapters[task.name], task.lora_alpha
+            if adapter.file not in self._resident:  # unloaded by a Ray replica's LRU: load it again
+                adapter = self._task_adapters[task.name] = self._adapter_for(adapter.file)
         scale = default_alpha
         if req.lora_alpha is not None:
             if adapter is None:
@@ -203,13 +232,26 @@ class FluxEngine:
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if not 0 <= seed <= MAX_SEED:
             raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {seed}", param="seed")
-        prompt = task.render_prompt(req.prompt) if task else req.prompt
+        mode = req.translate if req.translate is not None else s.translate
+        if mode not in TRANSLATE_MODES:
+            raise InvalidRequest(f"`translate` must be one of {', '.join(TRANSLATE_MODES)}, got {mode!r}",
+                                 param="translate")
+        # the prompt stage runs first; trigger words and the template are added to its English, untranslated
+        staged = self.prompt_stage.apply(req.prompt, mode)
+        prompt = task.render_prompt(staged.english) if task else staged.english
+        as_typed = task.render_prompt(req.prompt) if task else req.prompt
         return Plan(prompt=prompt, task=task.name if task else None, adapter=adapter, lora_scale=scale if adapter else 0.0,
                     width=width, height=height, num_inference_steps=steps, guidance_scale=float(guidance),
-                    seed=seed, notes=tuple(notes))
+                    seed=seed, notes=tuple(notes) + staged.notes, staged=staged, prompt_as_typed=as_typed)
 
-    def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
-        """Make one image. ``progress(step, total)`` may raise Cancelled/DeadlineExceeded to stop it."""
+    def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None,
+                 preview: Previewer | None = None) -> GenerationResult:
+        """Make one image. ``progress(step, total)`` may raise Cancelled/DeadlineExceeded to stop it.
+
+        ``preview`` (optional, see ``pipelines/preview.py``): after each step where ``preview.wants(step,
+        total)``, the latents are turned into a small picture and passed to ``preview.show``. Without it no
+        preview is ever computed. It runs after ``progress`` for the same step.
+        """
         import torch
 
         with self._lock:
@@ -217,21 +259,36 @@ class FluxEngine:
             report = check_prompt(self.pipe.tokenizer, self.pipe.tokenizer_2, plan.prompt,
                                   self.settings.max_sequence_length)
             warnings = list(plan.notes) + report.warnings
+            unknown_before = report.t5_unknown_fraction
+            if plan.prompt_as_typed != plan.prompt:
+                unknown_before = check_prompt(self.pipe.tokenizer, self.pipe.tokenizer_2, plan.prompt_as_typed,
+                                              self.settings.max_sequence_length).t5_unknown_fraction
+            for note in plan.staged.notes:
+                logger.warning("prompt: %s", note)
             if self.is_demo:
                 warnings.append("demo model: random weights, noise-like picture; set FLUX_MODEL_PATH for real images")
             for w in report.warnings:
                 logger.warning("prompt: %s", w)
             total = plan.num_inference_steps
             marks: list[float] = []
+            preview_broken: list[bool] = []
             started = time.perf_counter()
 
-            def on_step_end(_pipe, i, _t, _kwargs):
+            def on_step_end(_pipe, i, _t, kwargs):
                 marks.append(time.perf_counter())
                 if self._fault is not None:
                     fault, self._fault = self._fault, None
                     raise fault
                 if progress is not None:
                     progress(i + 1, total)
+                if preview is not None and not preview_broken and preview.wants(i + 1, total):
+                    try:
+                        picture = preview_image(kwargs["latents"], plan.height, plan.width, self.pipe.vae_scale_factor)
+                    except Exception:  # noqa: BLE001 - a preview must never cost the image; said in the log
+                        logger.exception("live preview failed at step %d; no more previews for this image", i + 1)
+                        preview_broken.append(True)
+                    else:
+                        preview.show(Preview(i + 1, total, picture))
                 return {}
 
             if progress is not None:
@@ -247,6 +304,7 @@ class FluxEngine:
                     generator=torch.Generator(device="cpu").manual_seed(plan.seed),
                     max_sequence_length=self.settings.max_sequence_length,
                     callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
                 )
             except torch.OutOfMemoryError as exc:
                 del exc
@@ -283,6 +341,16 @@ class FluxEngine:
             dtype=str(self.dtype).removeprefix("torch."),
             warnings=warnings,
             timings=timings,
+            translate=plan.staged.mode,
+            prompt_original=plan.staged.original,
+            prompt_english=plan.staged.english,
+            glossary_terms=[list(t) for t in plan.staged.glossary_terms],
+            translated=[list(t) for t in plan.staged.translated],
+            translator=plan.staged.translator,
+            prompt_clip=report.clip_text,
+            prompt_t5=report.t5_text,
+            t5_unknown_before=round(unknown_before, 4),
+            t5_unknown_after=round(report.t5_unknown_fraction, 4),
         )
         lora = (f"{info.adapter_file} (adapter={info.adapter_name}, alpha={info.lora_scale:g})"
                 if info.adapter_name and info.lora_scale else

@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     )
     max_sequence_length: int = Field(default=512, ge=1, le=512, description="T5 tokens kept from the prompt.")
 
+    # --- prompt stage (pipelines/prompt_stage.py): glossary, then an optional local translation model ------
+    glossary_file: Path | None = Field(default=None, description="Prompt glossary; default <models_dir>/glossary.toml.")
+    translate: Literal["auto", "glossary", "off"] = Field(
+        default="auto", description="Default for a request's `translate`: auto (glossary, then the translator for "
+                                    "what T5 cannot read), glossary (glossary only), off (prompt as typed).")
+    translator_path: Path | None = Field(
+        default=None, description="Local transformers seq2seq translation folder (e.g. Helsinki-NLP/opus-mt-zh-en).")
+    translator_device: Literal["cpu", "engine"] = Field(
+        default="cpu", description="cpu (leaves GPU memory to FLUX) or engine (the FLUX device).")
+    translator_cache_size: int = Field(default=256, ge=1, description="Translations kept per text (LRU).")
+    demo_translator: bool = Field(
+        default=True, description="On the demo model with no translator_path: use the tiny random demo translator.")
+
     # --- HTTP service -------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -101,6 +114,12 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=200, ge=1, description="Open connections served at once; a request on a connection beyond it gets "
                                        "503 + Retry-After.")
+    # Ray Serve scale-out (`flux-service serve --ray`, app/ray_serve, docs/deploy.md)
+    ray_replicas: int = Field(default=1, ge=1, description="Ray Serve: engine replicas (one GPU each on CUDA).")
+    ray_max_loras: int = Field(default=3, ge=1, description="Ray Serve: LoRAs kept resident per replica; the least "
+                               "recently used is unloaded beyond it.")
+    ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray Serve on CPU: CPUs (and torch threads) "
+                                        "per engine replica.")
     trainings_dir: Path = Field(default=Path("data/trainings"),
                                 description="Where HTTP-submitted trainings keep their photos and state.")
     max_training_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024,
@@ -108,6 +127,9 @@ class Settings(BaseSettings):
     training_min_free_gpu_gib: float = Field(default=30.0, ge=0,
                                              description="Free GPU memory a training needs to be admitted.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
+    log_health_checks: bool = Field(
+        default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."
+    )
 
     @field_validator("cors_origins")
     @classmethod

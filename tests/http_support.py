@@ -36,6 +36,8 @@ BASE_ENV = {
 }
 
 SMALL = {"width": "64", "height": "64", "num_inference_steps": "2"}
+#: the same in a JSON body, where numbers are numbers ("64" is refused there: one rule set, typed values)
+SMALL_JSON = {"width": 64, "height": 64, "num_inference_steps": 2}
 
 
 def _free_port() -> int:

@@ -1,9 +1,10 @@
 """The web page at ``/``, driven in headless Chromium against a real server process on the demo model.
 
-What a user does: type a Chinese prompt, pick ``host_face``, set the strength, generate, watch the progress
-bar, read what was used, compare with and without the LoRA on one seed, reopen a recent result, cancel a
+What a user does (at 1280x900): type a Chinese prompt, pick ``host_face``, set the strength, generate, watch
+the progress bar, read what was used, compare with and without the LoRA on one seed, reopen a recent result, cancel a
 long job, and (on a server with an API key) enter the key. Also checked: the demo-model banner, that the
-page asks no host but its own server (it must work offline), and that it fits a phone screen.
+page asks no host but its own server (it must work offline), and that it fits a phone screen. The live
+preview, "Reuse settings", PNG info and errors at 1440x900 are in tests/test_browser_workflow.py.
 
 Needs Debian's Chromium at /usr/bin/chromium (``make browser`` installs it); without it these tests FAIL.
 Screenshots and server logs go to ``test-artifacts/`` (git-ignored; CI keeps it as an artifact).
@@ -253,7 +254,7 @@ def test_generate_with_progress_then_compare_then_recent(visit, server):
 
     # Recent results: newest first; clicking the older one shows its image and details again.
     expect(page.locator("#recent li")).to_have_count(2)
-    page.locator("#recent li button").nth(1).click()
+    page.locator("#recent li button.recent-item").nth(1).click()
     expect(page.locator("#single")).to_be_visible()
     assert detail(page, "#details", "seed") == seed
     assert wait_image(page, "#result-image") == 256
@@ -261,7 +262,7 @@ def test_generate_with_progress_then_compare_then_recent(visit, server):
     # The strip survives a reload (sessionStorage); the full images are fetched again from the server.
     page.reload()
     expect(page.locator("#recent li")).to_have_count(2)
-    page.locator("#recent li button").first.click()
+    page.locator("#recent li button.recent-item").first.click()
     assert wait_image(page, "#compare-with") == 256
     assert page.inner_text("#compare-without-seed").strip() == with_seed
 
@@ -314,6 +315,35 @@ def test_server_error_is_shown_next_to_its_field(visit):
     expect(page.locator("#width-error")).to_contain_text("16")
     expect(page.locator("#width")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#generate")).to_be_enabled()
+
+
+def test_chinese_prompt_shows_its_english_which_can_be_edited_and_sent(visit):
+    from playwright.sync_api import expect
+
+    page = visit.page
+    expect(page.locator("#task option[value=host_face]")).to_have_count(1)
+    fill_form(page, task="host_face", size=64, steps=2)
+    assert page.input_value("#translate") == "auto"
+    page.click("#generate")
+    assert wait_image(page, "#result-image") == 64
+    stage = "#prompt-stage"
+    expect(page.locator(stage)).to_be_visible()
+    assert detail(page, stage, "original") == PROMPT
+    assert "科普主持人 → science show host" in detail(page, stage, "glossary")
+    assert detail(page, stage, "unknown") == "100% → 0%"
+    english = "science show host, professional look, smiling, formal attire, TV studio background"
+    assert page.input_value("#prompt-english") == english == detail(page, stage, "t5")
+    assert detail(page, "#details", "prompt") == english
+
+    page.fill("#prompt-english", "a portrait photo of a smiling science host")
+    expect(page.locator("#generate")).to_be_enabled()  # the first run has fully finished
+    page.click("#send-english")
+    expect(page.locator(f"{stage} dd[data-key=translate]")).to_have_text("off", timeout=UI_TIMEOUT_MS)
+    assert detail(page, "#details", "prompt") == "a portrait photo of a smiling science host"
+    assert page.input_value("#prompt") == "a portrait photo of a smiling science host"
+    assert page.input_value("#translate") == "off"
+    visit.shot("browser-prompt-stage")
+    assert visit.errors == []
 
 
 def test_api_key_field_unlocks_a_protected_server(browser, keyed_server):

@@ -16,7 +16,7 @@ import pytest
 from pipelines.model_source import ModelSource
 from tests.hardening_support import ALLOWED_ORIGIN as ALLOWED
 from tests.hardening_support import MODEL_LABEL, hardened_server, user_models_dir
-from tests.http_support import SMALL, metric, png_info
+from tests.http_support import SMALL, SMALL_JSON, metric, png_info
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_cross_origin_form_post_is_refused_with_403_before_any_work(client):
 
 def test_cross_origin_job_submission_and_null_origin_are_refused(client):
     for origin in ("http://evil.example", "null", "http://127.0.0.1.evil.example"):
-        r = client.post("/api/jobs", json={"prompt": "csrf", **SMALL}, headers={"Origin": origin})
+        r = client.post("/api/jobs", json={"prompt": "csrf", **SMALL_JSON}, headers={"Origin": origin})
         assert r.status_code == 403, origin
 
 
@@ -99,7 +99,7 @@ def test_model_path_is_relative_to_the_models_folder_everywhere(client, models_d
     assert info["model"] == MODEL_LABEL
     assert secret not in json.dumps(info) and secret not in json.dumps(dict(r.headers))
 
-    job = client.post("/api/jobs", json={"prompt": "p", **SMALL}).json()
+    job = client.post("/api/jobs", json={"prompt": "p", **SMALL_JSON}).json()
     for _ in range(600):
         done = client.get(f"/api/jobs/{job['id']}").json()
         if done["status"] in ("succeeded", "failed"):

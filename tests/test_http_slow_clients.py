@@ -18,7 +18,7 @@ import pytest
 from tests.hardening_support import BODY_TIMEOUT_S as BODY_TIMEOUT
 from tests.hardening_support import HEADER_TIMEOUT_S as HEADER_TIMEOUT
 from tests.hardening_support import hardened_server
-from tests.http_support import SMALL, LiveServer, StepDelay
+from tests.http_support import SMALL, SMALL_JSON, LiveServer, StepDelay
 
 N = 24
 
@@ -120,7 +120,7 @@ def test_requests_that_wait_longer_than_the_timeouts_for_the_gpu_still_succeed(s
 
 def test_service_answers_normally_after_slow_clients_and_logs_no_traceback(server):
     with server.client() as c:
-        assert c.post("/api/generate-image", json={"prompt": "after", **SMALL}).status_code == 200
+        assert c.post("/api/generate-image", json={"prompt": "after", **SMALL_JSON}).status_code == 200
     assert "Traceback" not in server.log.read_text()
 
 

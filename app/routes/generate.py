@@ -8,6 +8,7 @@ was used, so a ``curl -o host.png`` user can still tell task, adapter, strength 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -17,7 +18,8 @@ from pipelines.errors import Cancelled, DeadlineExceeded
 
 from ..deps import worker_of
 from ..job import Job
-from ..schemas import error_envelope_schema, request_body_openapi
+from ..openapi import error_responses, png_response, request_body
+from ..prompt_headers import PROMPT_HEADER_DOCS, PROMPT_HEADERS, prompt_headers
 from ..submission import submit
 
 router = APIRouter()
@@ -25,12 +27,31 @@ router = APIRouter()
 #: every header a browser script may read (CORS ``expose_headers``)
 RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Lora-Scale", "X-Seed", "X-Steps",
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
-                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "Retry-After"]
+                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Replica", "Retry-After", *PROMPT_HEADERS]
 
-_ERRORS = {code: {"description": text, "content": {"application/json": {"schema": error_envelope_schema()}}}
-           for code, text in [(401, "API key missing or wrong"), (413, "body too large"),
-                              (422, "invalid parameters"), (503, "queue full, out of memory or not ready"),
-                              (504, "deadline exceeded")]}
+#: what each result header says; the OpenAPI document describes every ``X-*`` name of RESULT_HEADERS from this
+HEADER_DOCS = {
+    "X-Task": "The task used, or `none` (base model).",
+    "X-Adapter": "The LoRA adapter name, or `none`.",
+    "X-Adapter-File": "The adapter's file relative to the models folder, or `none`.",
+    "X-Adapter-Hash": "sha256 of the adapter file, first 12 hex digits (as `flux-service lora inspect` prints), "
+                      "or `none`.",
+    "X-Adapter-Warnings": "JSON list (ASCII-escaped) of warnings about the adapter, e.g. the demo LoRA standing in "
+                          "for yours.",
+    "X-Lora-Scale": "The LoRA strength applied (0 without a LoRA).",
+    "X-Seed": "The seed used (send it back as `seed` to get the same image).",
+    "X-Steps": "Denoising steps run.",
+    "X-Guidance-Scale": "Guidance scale used.",
+    "X-Width": "Image width in pixels.",
+    "X-Height": "Image height in pixels.",
+    "X-Generation-Time": "Seconds spent generating (queue wait excluded).",
+    "X-Queue-Wait": "Seconds spent waiting in the queue.",
+    "X-Demo-Model": "`true` when the embedded demo model (random weights) made the image.",
+    "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...",
+    "X-Job-Id": "The id of the job that made it.",
+    "X-Replica": "The engine replica that made it under Ray Serve (`flux-service serve --ray`), else `local`.",
+    **PROMPT_HEADER_DOCS,
+}
 
 
 def result_headers(job: Job) -> dict[str, str]:
@@ -54,6 +75,8 @@ def result_headers(job: Job) -> dict[str, str]:
         # ensure_ascii: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not
         "X-Prompt-Warnings": json.dumps(info.warnings, ensure_ascii=True),
         "X-Job-Id": job.id,
+        "X-Replica": job.replica or "local",  # Ray Serve: the engine replica that made it (app/ray_serve)
+        **prompt_headers(info),  # what the prompt stage sent to each text encoder (app/prompt_headers.py)
     }
 
 
@@ -69,17 +92,21 @@ async def wait_for_result(request: Request, job: Job) -> None:
             if job.status == "succeeded":  # finished in the same instant
                 return
             raise DeadlineExceeded(message)
-        if await job.wait_done(timeout=min(0.25, remaining)):
-            return
+        try:
+            if await job.wait_done(timeout=min(0.25, remaining)):
+                return
+        except asyncio.CancelledError:  # servers that cancel the handler on disconnect (Ray Serve's proxy)
+            worker.cancel(job, Cancelled("the client disconnected"))
+            raise
         if await request.is_disconnected():
             worker.cancel(job, Cancelled("the client disconnected"))
             return
 
 
-@router.post("/api/generate-image", response_class=Response, openapi_extra=request_body_openapi(),
+@router.post("/api/generate-image", response_class=Response, openapi_extra=request_body(),
              summary="Generate one image (PNG bytes)",
-             responses={200: {"content": {"image/png": {}}, "description": "the image; headers say what was used"},
-                        **_ERRORS})
+             responses={200: png_response("The image; the headers say what was used.", RESULT_HEADERS, HEADER_DOCS),
+                        **error_responses(413, 422, 500, 503, 504)})
 async def generate_image(request: Request) -> Response:
     job = await submit(request, "generate")
     await wait_for_result(request, job)

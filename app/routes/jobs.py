@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipelines.errors import Cancelled
@@ -21,36 +21,42 @@ from pipelines.errors import Cancelled
 from ..deps import jobs_of, worker_of
 from ..errors import Conflict
 from ..job import TERMINAL, Job
-from ..schemas import error_envelope_schema, request_body_openapi
+from ..job_schema import Job as JobSchema
+from ..openapi import error_responses, png_response, request_body
 from ..submission import submit
-from .generate import result_headers
+from .generate import HEADER_DOCS, RESULT_HEADERS, result_headers
 
 router = APIRouter()
 
-_NOT_FOUND = {404: {"description": "unknown or expired job",
-                    "content": {"application/json": {"schema": error_envelope_schema()}}}}
+_NOT_FOUND = error_responses(404)
+_JOB = {"model": JobSchema, "description": "The job."}
 KEEPALIVE_S = 15.0
+PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, image} while the job runs: a small "
+               "JPEG data URL (longest side <= 160 px) of the latents every few steps (app/live_preview.py); "
+               "without it none is computed")
 
 
-@router.post("/api/jobs", status_code=202, openapi_extra=request_body_openapi(), summary="Queue an image job",
-             responses={202: {"description": "queued; poll or follow /api/jobs/{id}/events"},
-                        422: {"description": "invalid parameters",
-                              "content": {"application/json": {"schema": error_envelope_schema()}}},
-                        503: {"description": "queue full or not ready"}})
+@router.post("/api/jobs", status_code=202, openapi_extra=request_body(), summary="Queue an image job",
+             response_model=None,
+             responses={202: {**_JOB, "description": "Queued; poll it or follow /api/jobs/{id}/events.",
+                              "headers": {"Location": {"description": "The job's URL.", "required": True,
+                                                       "schema": {"type": "string"}}}},
+                        **error_responses(413, 422, 500, 503)})
 async def create_job(request: Request) -> JSONResponse:
     job = await submit(request, "job")
     jobs_of(request).add(job)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
-@router.get("/api/jobs/{job_id}", summary="A job's state", responses=_NOT_FOUND)
+@router.get("/api/jobs/{job_id}", summary="A job's state", response_model=None,
+            responses={200: _JOB, **_NOT_FOUND})
 async def get_job(job_id: str, request: Request) -> dict:
     return jobs_of(request).get(job_id).to_dict()
 
 
 @router.get("/api/jobs/{job_id}/image", response_class=Response, summary="A finished job's PNG",
-            responses={200: {"content": {"image/png": {}}}, 409: {"description": "the job has no image (yet)"},
-                       **_NOT_FOUND})
+            responses={200: png_response("The image; the headers say what was used.", RESULT_HEADERS, HEADER_DOCS),
+                       **error_responses(404, 409)})
 async def get_job_image(job_id: str, request: Request) -> Response:
     job = jobs_of(request).get(job_id)
     if job.status != "succeeded" or job.png is None:
@@ -58,7 +64,9 @@ async def get_job_image(job_id: str, request: Request) -> Response:
     return Response(job.png, media_type="image/png", headers=result_headers(job))
 
 
-@router.delete("/api/jobs/{job_id}", summary="Cancel a job", responses=_NOT_FOUND)
+@router.delete("/api/jobs/{job_id}", summary="Cancel a job", response_model=None,
+               responses={200: {**_JOB, "description": "The job after the cancellation."},
+                          **error_responses(404, 503)})
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Queued: removed from the queue. Running: stopped at the next denoising step. Finished: unchanged."""
     job = jobs_of(request).get(job_id)
@@ -72,9 +80,20 @@ def _sse(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _event_stream(job: Job):
+async def _event_stream(job: Job, previews: bool = False):
+    if previews:  # only the event loop touches the count; the worker thread just reads it
+        job.preview_watchers += 1
+    try:
+        async for chunk in _events(job, previews):
+            yield chunk
+    finally:
+        if previews:
+            job.preview_watchers -= 1
+
+
+async def _events(job: Job, previews: bool):
     state, index = job.snapshot()
-    last_step, last_position = -1, None
+    last_step, last_position, last_preview = -1, None, -1
     if state["status"] in TERMINAL:
         yield _sse(state["status"], state)
         return
@@ -85,10 +104,20 @@ async def _event_stream(job: Job):
         last_step = state["step"]
         yield _sse("running", {"step": state["step"], "total": state["total"]})
         yield _sse("progress", {"step": state["step"], "total": state["total"]})
+        shown = job.preview
+        if previews and shown is not None:  # a late reader sees the current picture at once
+            last_preview = shown["step"]
+            yield _sse("preview", shown)
     while True:
         events = job.events_since(index)
         index += len(events)
         for name, data in events:
+            if name == "preview":
+                shown = job.preview  # the newest one; None once the job has finished
+                if previews and shown is not None and shown["step"] > last_preview:
+                    last_preview = shown["step"]
+                    yield _sse("preview", shown)
+                continue
             if name == "progress":
                 if data["step"] <= last_step:
                     continue
@@ -110,8 +139,14 @@ async def _event_stream(job: Job):
 
 
 @router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
-            responses={200: {"content": {"text/event-stream": {}}}, **_NOT_FOUND}, response_class=StreamingResponse)
-async def job_events(job_id: str, request: Request) -> StreamingResponse:
+            responses={200: {"description": "`queued`, `running`, `progress` (and with `preview=true`, `preview`) "
+                                            "events, then one of `succeeded`, `failed`, `cancelled` (data: the job); "
+                                            "see the module docs.",
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       **error_responses(404, 422)},  # 422: `preview` that is not a boolean
+            response_class=StreamingResponse)
+async def job_events(job_id: str, request: Request,
+                     preview: bool = Query(False, description=PREVIEW_DOC)) -> StreamingResponse:
     job = jobs_of(request).get(job_id)
-    return StreamingResponse(_event_stream(job), media_type="text/event-stream",
+    return StreamingResponse(_event_stream(job, preview), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -7,18 +7,50 @@ on ``/health``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from pipelines.tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA
+from pipelines.types import TaskInfo
 
 from ..deps import engine_of
+from ..openapi import error_responses
 
 router = APIRouter()
 api = APIRouter()  # under /api, behind the API key
 
 
-@api.get("/api/tasks", summary="Tasks, the model and the request limits")
+class Limits(BaseModel):
+    min_size: int
+    max_size: int
+    size_multiple: int
+    max_steps: int
+    lora_alpha: list[float]
+    guidance_scale: list[float]
+    max_prompt_chars: int
+
+
+class Tasks(BaseModel):
+    """What ``GET /api/tasks`` answers (documentation only: the route returns its dict as is)."""
+
+    model: str
+    model_type: str
+    demo: bool
+    tasks: list[TaskInfo]
+    limits: Limits
+
+
+class ReadyState(BaseModel):
+    status: Literal["ready", "loading", "draining"]
+    demo: bool | None = None
+
+
+@api.get("/api/tasks", summary="Tasks, the model and the request limits", response_model=None,
+         responses={200: {"model": Tasks, "description": "The task table, the model and the limits in force."},
+                    **error_responses(503)})
 async def list_tasks(request: Request) -> dict:
     engine = engine_of(request)
     s = engine.settings  # the limits `engine.plan` enforces
@@ -40,8 +72,10 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: model loaded and taking work",
-            responses={503: {"description": "loading or draining"}})
+@router.get("/ready", summary="Readiness: model loaded and taking work", response_model=None,
+            responses={200: {"model": ReadyState, "description": "Ready."},
+                       503: {"model": ReadyState, "description": "Loading or draining (`status` says which).",
+                             "headers": {"Retry-After": {"schema": {"type": "integer"}}}}})
 async def ready(request: Request) -> JSONResponse:
     engine = getattr(request.app.state, "engine", None)
     worker = getattr(request.app.state, "worker", None)
@@ -52,7 +86,9 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "demo": engine.is_demo})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text format.",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(request: Request) -> Response:
     m = request.app.state.metrics
     return Response(m.render(), media_type=m.content_type)

@@ -61,11 +61,14 @@ export async function fetchImage(job) {
 }
 
 // Follows one job to its end, reporting {status, position, step, total}; returns the final job JSON.
-export async function watchJob(id, onUpdate) {
+// With `onPreview`, the stream asks for live previews and hands each {step, total, image} to it.
+export async function watchJob(id, onUpdate, onPreview) {
   try {
-    const res = await api(`/api/jobs/${encodeURIComponent(id)}/events`, { headers: { Accept: "text/event-stream" } });
+    const query = onPreview ? "?preview=true" : "";
+    const res = await api(`/api/jobs/${encodeURIComponent(id)}/events${query}`, { headers: { Accept: "text/event-stream" } });
     for await (const { event, data } of readEvents(res)) {
       const d = data && typeof data === "object" ? data : {};
+      if (event === "preview") { if (onPreview && d.image) onPreview(d); continue; }
       const status = TERMINAL.includes(event) ? event : d.status && event === "message" ? d.status : event;
       if (TERMINAL.includes(status)) {
         const job = d.id ? d : await getJob(id);

@@ -1,13 +1,18 @@
 // The generator page: plain JS as ES modules, no build step, no external URLs (it must work on an offline
 // GPU box). This file wires the page: the key form, the settings form, a run (one job, or a with/without-LoRA
-// comparison), cancel, and the recent strip. HTTP lives in api.js, the form in form.js, output in results.js.
+// comparison), cancel, the recent strip, "Reuse settings" and opening/dropping a PNG to restore its settings.
+// HTTP lives in api.js, the form in form.js, output in results.js, the live preview in preview.js.
 import { $ } from "./dom.js";
 import { cancelJob, fetchImage, submitJob, watchJob } from "./api.js";
+import { errorPlain } from "./errortext.js";
 import { checkForm, currentTask, loadTasks, onTaskChange, readForm, showStrength, taskPrompt, updateButtons } from "./form.js";
-import { clearErrors, showError, showGlobal } from "./messages.js";
+import { clearErrors, clearFieldError, fieldFor, showError, showGlobal } from "./messages.js";
+import { readPngInfo } from "./pnginfo.js";
+import { hidePreview, showPreview } from "./preview.js";
 import { Tracker } from "./progress.js";
 import { addRecent, loadRecent } from "./recent.js";
 import { showEntry } from "./results.js";
+import { applySettings, settingsOf } from "./reuse.js";
 import { state } from "./state.js";
 import { store, KEY_STORE } from "./storage.js";
 
@@ -19,8 +24,9 @@ function setBusy(busy) {
 }
 
 async function run(kind) {
-  clearErrors();
+  clearErrors(); // nothing from an earlier attempt stays on the page
   showGlobal("");
+  hidePreview();
   const fields = readForm();
   if (!checkForm(fields)) return;
   const steps = Number(fields.num_inference_steps) || 1;
@@ -34,7 +40,8 @@ async function run(kind) {
     delete base.lora_alpha;
     specs.push(base);
   }
-  const tracker = new Tracker(kind === "compare" ? ["使用 LoRA with", "不用 LoRA without"] : [""], steps);
+  const labels = kind === "compare" ? ["使用 LoRA with", "不用 LoRA without"] : [""];
+  const tracker = new Tracker(labels, steps);
   setBusy(true);
   try {
     const jobs = [];
@@ -50,18 +57,19 @@ async function run(kind) {
       await Promise.all(jobs.map((j) => cancelJob(j.id))); // do not leave half a comparison running
       throw e;
     }
-    const finals = await Promise.all(jobs.map((j, i) => watchJob(j.id, (u) => tracker.update(i, u))));
+    const finals = await Promise.all(jobs.map((j, i) => watchJob(j.id, (u) => tracker.update(i, u),
+      (p) => showPreview(p, labels[i]))));
     finals.forEach((f, i) => tracker.update(i, { status: f.status }));
     const failed = finals.find((f) => f.status === "failed");
     if (failed) {
       const err = failed.error || { message: "生成失败 · Generation failed" };
       showError(err);
-      tracker.render(`失败 · Failed: ${err.message}`);
+      tracker.render(`失败 · Failed: ${errorPlain(err)}`);
       return;
     }
     if (finals.some((f) => f.status === "cancelled")) { tracker.render("已取消 · Cancelled"); return; }
     const items = [];
-    for (const job of finals) items.push({ job, url: await fetchImage(job) });
+    for (const [i, job] of finals.entries()) items.push({ job, url: await fetchImage(job), fields: specs[i] });
     const entry = { kind, items, time: Date.now() };
     showEntry(entry);
     addRecent(entry);
@@ -69,10 +77,52 @@ async function run(kind) {
     tracker.render(`完成 · Done${secs.length ? ` (${secs.map((s) => s.toFixed(1) + " s").join(" + ")})` : ""}`);
   } catch (e) {
     showError(e);
-    tracker.render(`出错 · Error: ${e.message}`);
+    tracker.render(`出错 · Error: ${errorPlain(e)}`);
   } finally {
+    hidePreview();
     setBusy(false);
   }
+}
+
+function reuseShown(i) {
+  const item = state.shown && state.shown.items[i];
+  if (item) applySettings(settingsOf(item.job, item.fields), item.source);
+}
+
+// A PNG the user opens or drops: show it with what made it, and put its settings into the form.
+async function openPng(file) {
+  clearErrors();
+  showGlobal("");
+  try {
+    const info = await readPngInfo(file);
+    const job = { info, seed: info.seed };
+    showEntry({ kind: "single", items: [{ job, url: URL.createObjectURL(file), fields: null, source: file.name }] });
+    applySettings(settingsOf(job, null), file.name);
+  } catch (e) {
+    showGlobal(`无法读取 ${file.name} · Cannot read ${file.name}: ${e.message}`);
+  }
+}
+
+function installPngDrop() {
+  $("png-file").addEventListener("change", (ev) => {
+    const file = ev.target.files && ev.target.files[0];
+    if (file) openPng(file);
+    ev.target.value = ""; // the same file again must fire `change` again
+  });
+  let depth = 0; // dragenter/dragleave fire for every child element
+  const hint = (on) => { $("drop-hint").hidden = !on; };
+  const hasFiles = (ev) => ev.dataTransfer && Array.from(ev.dataTransfer.types || []).includes("Files");
+  document.addEventListener("dragenter", (ev) => { if (hasFiles(ev)) { depth++; hint(true); } });
+  document.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) hint(false); });
+  document.addEventListener("dragover", (ev) => { if (hasFiles(ev)) ev.preventDefault(); });
+  document.addEventListener("drop", (ev) => {
+    if (!hasFiles(ev)) return;
+    ev.preventDefault();
+    depth = 0;
+    hint(false);
+    const file = ev.dataTransfer.files[0];
+    if (file) openPng(file);
+  });
 }
 
 async function cancelRun() {
@@ -98,6 +148,11 @@ function init() {
   $("prompt").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); $("gen-form").requestSubmit(); }
   });
+  $("gen-form").addEventListener("input", (ev) => { const f = fieldFor(ev.target.name) || ev.target.id; if ($(f + "-error")) clearFieldError(f); });
+  $("reuse").addEventListener("click", () => reuseShown(0));
+  $("compare-with-reuse").addEventListener("click", () => reuseShown(0));
+  $("compare-without-reuse").addEventListener("click", () => reuseShown(1));
+  installPngDrop();
   loadRecent();
   loadTasks();
 }

@@ -2,8 +2,10 @@
 // and the form read into the fields of POST /api/jobs.
 import { $, fmt } from "./dom.js";
 import { api } from "./api.js";
+import { errorPlain } from "./errortext.js";
 import { showError, showGlobal } from "./messages.js";
 import { state } from "./state.js";
+import { translateMode } from "./translate.js";
 
 export const currentTask = () => state.tasks.find((t) => t.name === $("task").value) || null;
 
@@ -22,7 +24,7 @@ export async function loadTasks() {
   } catch (e) {
     state.ready = false;
     showError(e);
-    if (!(e.status === 401 || e.status === 403)) showGlobal("无法读取任务列表 · Could not load the tasks: " + e.message);
+    if (!(e.status === 401 || e.status === 403)) showGlobal("无法读取任务列表 · Could not load the tasks: " + errorPlain(e));
   }
   updateButtons();
 }
@@ -88,7 +90,7 @@ export function updateButtons() {
 // Form fields for POST /api/jobs. No task -> the base model; lora_alpha only for a task that has a LoRA.
 export function readForm() {
   const t = currentTask();
-  const f = { prompt: $("prompt").value };
+  const f = { prompt: $("prompt").value, translate: translateMode() };
   if (t) {
     f.use_model_manager = "true";
     f.task = t.name;

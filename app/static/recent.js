@@ -1,7 +1,9 @@
-// The recent-results strip: thumbnails of this tab's results, kept in sessionStorage; click one to reopen it.
+// The recent-results strip: thumbnails of this tab's results, kept in sessionStorage; click one to reopen it,
+// or "Reuse" to put its settings back into the form.
 import { $, fmt, seedOf } from "./dom.js";
 import { fetchImage } from "./api.js";
 import { showEntry } from "./results.js";
+import { applySettings, settingsOf } from "./reuse.js";
 import { state } from "./state.js";
 import { store, RECENT_STORE } from "./storage.js";
 
@@ -32,7 +34,7 @@ export async function addRecent(entry) {
 }
 
 function saveRecent() {
-  const slim = state.recent.map((e) => ({ kind: e.kind, time: e.time, items: e.items.map((it) => ({ job: it.job, thumb: it.thumb })) }));
+  const slim = state.recent.map((e) => ({ kind: e.kind, time: e.time, items: e.items.map((it) => ({ job: it.job, thumb: it.thumb, fields: it.fields })) }));
   store.set("sessionStorage", RECENT_STORE, JSON.stringify(slim));
 }
 
@@ -64,7 +66,13 @@ function renderRecent() {
     cap.textContent = what;
     b.append(cap);
     b.addEventListener("click", () => openRecent(entry));
-    li.append(b);
+    const reuse = document.createElement("button");
+    reuse.type = "button";
+    reuse.className = "secondary reuse";
+    reuse.textContent = "复用 Reuse";
+    reuse.setAttribute("aria-label", `复用参数 Reuse settings: ${label}`);
+    reuse.addEventListener("click", () => applySettings(settingsOf(job, entry.items[0].fields), label));
+    li.append(b, reuse);
     ul.append(li);
   });
   ul.hidden = !state.recent.length;

@@ -1,5 +1,7 @@
 // The result panel: one image or a with/without-LoRA pair, each with what was used to make it.
+import { state } from "./state.js";
 import { $, fmt, seedOf } from "./dom.js";
+import { showPromptStage } from "./translate.js";
 
 function detailRows(job) {
   const i = job.info || {};
@@ -40,6 +42,7 @@ function renderDetails(dl, job) {
 }
 
 export function showEntry(entry) {
+  state.shown = entry; // what the "Reuse settings" buttons restore
   $("result-empty").hidden = true;
   const compare = entry.kind === "compare";
   $("single").hidden = compare;
@@ -50,6 +53,7 @@ export function showEntry(entry) {
     $("download").href = url;
     $("download").download = `${(job.info && job.info.task) || "base"}_seed${seedOf(job)}.png`;
     renderDetails($("details"), job);
+    showPromptStage(job);
     return;
   }
   for (const [i, side] of [[0, "with"], [1, "without"]]) {

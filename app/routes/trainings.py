@@ -23,12 +23,11 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-from ..errors import Conflict, NotFound, NotReady
-from ..schemas import error_envelope_schema
+from ..errors import Conflict, ErrorEnvelope, NotFound, NotReady
 
 router = APIRouter()
 _TERMINAL = ("succeeded", "failed", "cancelled")
-_ERR = {"content": {"application/json": {"schema": error_envelope_schema()}}}
+_ERR = {"model": ErrorEnvelope}
 
 
 class _HttpRuns:

@@ -13,9 +13,12 @@ from .errors import PayloadTooLarge, envelope
 
 
 class BodyLimit:
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, overrides: dict[str, int] | None = None) -> None:
         self.app = app
+        self.default_max_bytes = max_bytes
         self.max_bytes = max_bytes
+        #: exact path -> its own limit (POST /api/trainings takes photos: megabytes, not a JSON body)
+        self.overrides = dict(overrides or {})
 
     def _message(self) -> str:
         return f"the request body is larger than the limit of {self.max_bytes} bytes"
@@ -23,6 +26,9 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.overrides.get(scope.get("path", ""), self.default_max_bytes)
+        if limit != self.default_max_bytes:
+            return await _Limited(self.app, limit)(scope, receive, send)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -45,3 +51,7 @@ class BodyLimit:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+
+class _Limited(BodyLimit):
+    """The same check with a path's own limit (no overrides of its own, so no recursion)."""

@@ -1,4 +1,4 @@
-"""``flux-service``: the command line (generate, compare, lora inspect, tasks, serve).
+"""``flux-service``: the command line (generate, compare, lora inspect, tasks, serve, train).
 
 Why a CLI next to the HTTP service: the users' old workflow was a script that saved
 ``test_without_lora.png`` and ``test_with_lora.png``; ``compare`` does that in one command, and
@@ -284,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replicas", type=int, help="with --ray: engine replicas, one GPU each (FLUX_RAY_REPLICAS)")
     model_opts(s)
     s.set_defaults(func=cmd_serve)
+
+    from training.cli import add_train_parser  # light: the trainer's heavy imports happen when it runs
+
+    add_train_parser(sub, model_opts)
     return p
 
 

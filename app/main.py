@@ -33,6 +33,7 @@ from .origin_guard import OriginGuard
 from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page
+from .routes.trainings import install_trainings
 from .schemas import params_model
 from .security import require_api_key
 from .worker import Worker
@@ -120,11 +121,13 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     if settings.enable_test_hooks:
         logger.warning("test hooks are enabled (/_test/*): never do this in production")
         app.include_router(test_hooks.router)
+    install_trainings(app, settings, guarded)  # POST /api/trainings ...; its supervisor wraps the lifespan
     install_docs(app)
     install_page(app)
     openapi.install(app, params_model=app.state.params_model, api_key_set=bool(settings.api_key))
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       overrides={"/api/trainings": settings.max_training_upload_bytes})  # photo uploads
     if settings.cors_origins:  # outermost, so even 413/401 answers carry the CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],

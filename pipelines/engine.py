@@ -395,6 +395,18 @@ class FluxEngine:
                     timings["total_s"], "  [DEMO MODEL]" if self.is_demo else "")
         return GenerationResult(image=image, info=info)
 
+    def add_task(self, task: TaskConfig) -> None:
+        """Serve a new task without a restart (a LoRA just trained by ``flux-service train --task``): its
+        adapter is loaded now, between two generations (under the lock), like a start-up task's."""
+        if task.name in self.tasks.tasks:
+            raise InvalidRequest(f"task {task.name!r} is already served", param="task")
+        with self._lock:
+            adapter = self._adapter_for(self._task_lora_path(task)) if task.lora else None
+            self.tasks.tasks[task.name] = task
+            if adapter is not None:
+                self._task_adapters[task.name] = adapter
+        logger.info("task %s added at run time (LoRA %s)", task.name, adapter.file if adapter else "none")
+
     # ---------------------------------------------------------------- introspection
     def task_infos(self) -> list[TaskInfo]:
         out = []

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
                                "recently used is unloaded beyond it.")
     ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray Serve on CPU: CPUs (and torch threads) "
                                         "per engine replica.")
+    trainings_dir: Path = Field(default=Path("data/trainings"),
+                                description="Where HTTP-submitted trainings keep their photos and state.")
+    max_training_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024,
+                                           description="Body limit of POST /api/trainings (photos or a zip).")
+    training_min_free_gpu_gib: float = Field(default=30.0, ge=0,
+                                             description="Free GPU memory a training needs to be admitted.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
     log_health_checks: bool = Field(
         default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."

@@ -60,7 +60,13 @@ def api_schema():
 
 def test_the_fuzzed_operations_are_all_the_operations(api_schema):
     found = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
-    assert found == set(OPERATIONS)
+    # /api/trainings is not fuzzed: a schema-valid upload would start a real training process; its
+    # routes are tested against a live server in tests/test_training_http.py
+    assert {o for o in found if not o[1].startswith("/api/trainings")} == set(OPERATIONS)
+    assert {o for o in found if o[1].startswith("/api/trainings")} == {
+        ("POST", "/api/trainings"), ("GET", "/api/trainings"), ("GET", "/api/trainings/{run_id}"),
+        ("DELETE", "/api/trainings/{run_id}"), ("GET", "/api/trainings/{run_id}/events"),
+        ("GET", "/api/trainings/{run_id}/files/{path}")}
 
 
 #: schema-invalid input exists only for operations that take a body (a job id is any string, and with no API key

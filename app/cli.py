@@ -217,11 +217,14 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.shutdown import SERVER_CLOSE_S
 
     settings = _settings(args).model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
                                                   if v is not None})
+    # SIGTERM drains in the app first (app/shutdown.py: the running image gets FLUX_SHUTDOWN_GRACE_S); uvicorn's
+    # own wait afterwards only has finished responses to flush
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None)
+                timeout_graceful_shutdown=SERVER_CLOSE_S)
     return 0
 
 

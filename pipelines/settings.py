@@ -8,6 +8,7 @@ chain (``app -> model_manager -> pipelines``), so every layer can import it with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,12 @@ ModelType = Literal["flux1", "flux1-schnell"]
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "flux-service"
+
+
+def _default_data_dir() -> Path:
+    """The user's data directory (XDG), never the package folder: job images outlive upgrades and reinstalls."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "flux-service"
 
 
 class Settings(BaseSettings):
@@ -62,6 +69,15 @@ class Settings(BaseSettings):
     job_ttl_s: float = Field(default=3600.0, gt=0, description="How long finished jobs are kept.")
     max_jobs_kept: int = Field(default=100, ge=1, description="How many finished jobs are kept at most.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
+
+    # --- durable jobs (app/jobs/) ---------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Job database (jobs.sqlite3) and job images; one running service per folder.",
+    )
+    max_jobs_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="Bytes of finished jobs' images kept at most (oldest removed first)."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -48,7 +48,7 @@ class LiveServer:
     """``python -m uvicorn app.main:create_app --factory`` on a free port, configured by environment."""
 
     def __init__(self, target: str = "app.main:create_app", factory: bool = True, data_dir: Path | None = None,
-                 **env: str) -> None:
+                 cli: bool = False, **env: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="flux-http-", suffix=".log")[1])
@@ -58,9 +58,12 @@ class LiveServer:
         full_env.update(BASE_ENV)
         full_env["FLUX_DATA_DIR"] = str(self.data_dir)
         full_env.update(env)
+        command = [sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []), "--host",
+                   "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
+        if cli:  # what `flux-service serve` runs
+            command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []), "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "info"],
+            command,
             cwd=ROOT, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         self._wait_ready()
 

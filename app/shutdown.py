@@ -77,7 +77,7 @@ class SignalDrain:
         self._loop.create_task(self._forward_when_idle(sig, frame))
 
     async def _forward_when_idle(self, sig: int, frame) -> None:
-        await asyncio.to_thread(self.worker.join, self.grace_s + 2.0)
+        await asyncio.to_thread(self.worker.join, self.grace_s + 1.5)  # the step running at the grace
         await asyncio.sleep(0.05)  # let the last responses and final events be written
         self._forward(sig, frame)
 

@@ -115,8 +115,8 @@ class Worker:
         """Shutdown from the lifespan: ``begin_drain`` (if the signal hook did not already) and wait for the stop."""
         self.begin_drain(grace_s)
         remaining = max(0.0, (self._drain_deadline or time.monotonic()) - time.monotonic())
-        if not self.join(remaining + 5.0):
-            logger.warning("shutdown: the worker is still busy %.0fs after the grace; exiting anyway", 5.0)
+        if not self.join(remaining + 2.0):  # the step running when the grace ended
+            logger.warning("shutdown: the worker is still busy 2s after the grace; exiting anyway")
 
     # ------------------------------------------------------------------ event-loop side
     def submit(self, job: Job) -> None:

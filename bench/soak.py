@@ -250,6 +250,36 @@ class Clients:
         return None
 
 
+def retained_rss(n: int, size: int) -> int:
+    """RSS of a fresh server before and after ``n`` finished jobs of ``size``x``size`` are kept (1 step each)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Server(port, tempfile.mkdtemp(prefix="flux-soak-data-"), 5.0, n + 1)
+    server.env["FLUX_MAX_SIZE"] = str(max(size, 2048))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            warm = c.post("/api/generate-image", data={"prompt": "warm", "width": size, "height": size,
+                                                       "num_inference_steps": 1})
+            warm.raise_for_status()
+            time.sleep(1.0)
+            before = rss_mib(server.proc.pid)
+            ids = [c.post("/api/jobs", data={"prompt": f"r{i}", "width": size, "height": size,
+                                             "num_inference_steps": 1, "seed": i}).json()["id"] for i in range(n)]
+            for job_id in ids:
+                while c.get(f"/api/jobs/{job_id}").json()["status"] not in ("succeeded", "failed", "cancelled"):
+                    time.sleep(0.3)
+            time.sleep(1.0)
+            after = rss_mib(server.proc.pid)
+            png = len(c.get(f"/api/jobs/{ids[-1]}/image").content)
+    finally:
+        server.stop()
+    print(f"| {n} retained {size}x{size} jobs (PNG ~{png / 2**20:.2f} MiB each) | RSS {before:.0f} -> {after:.0f} MiB "
+          f"| {after - before:+.1f} MiB |")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short phases (CI smoke run, about 30 s)")
@@ -259,7 +289,12 @@ def main() -> int:
     p.add_argument("--queue-size", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    p.add_argument("--retained-rss", type=int, metavar="N",
+                   help="instead: RSS growth of a server that keeps N finished jobs (see --size)")
+    p.add_argument("--size", type=int, default=1024, help="image size for --retained-rss")
     args = p.parse_args()
+    if args.retained_rss:
+        return retained_rss(args.retained_rss, args.size)
     phase_s = args.phase_s or (5.0 if args.quick else 60.0)
     levels = [int(x) for x in (args.concurrency or ("1,4" if args.quick else "1,4,12")).split(",")]
 

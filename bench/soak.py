@@ -76,7 +76,8 @@ class Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+                 "--port", str(self.port), "--log-level", "warning", "--no-access-log",
+                 "--http", "app.http_guard:GuardedH11Protocol"],  # as operators run it (docs/http-api.md)
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         while time.monotonic() - started < timeout_s:
             if self.proc.poll() is not None:

@@ -22,7 +22,7 @@ from .errors import AdapterError, InvalidRequest, OutOfMemory
 from .lora_files import read_lora, resolve_weights_file
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
 from .prompt_check import check_prompt
-from .settings import Settings
+from .settings import Settings, load_settings
 from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskConfig, TaskTable, load_task_table
 from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
 
@@ -83,7 +83,7 @@ class FluxEngine:
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, model_path: str | Path | None = None,
                       with_tasks: bool = True, default_path_means_demo: bool = False) -> "FluxEngine":
-        settings = settings or Settings()
+        settings = settings or load_settings()
         tasks = load_task_table(settings.resolved_tasks_file()) if with_tasks else None
         source = resolve_model_source(settings, model_path, default_path_means_demo=default_path_means_demo)
         device, dtype = pick_device(settings)
@@ -91,7 +91,7 @@ class FluxEngine:
         pipe = load_pipeline(source, device, dtype)
         engine = cls(pipe, source, settings, device, dtype, tasks)
         logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident, %.1fs%s",
-                    source.label, source.model_type, device, str(dtype).removeprefix("torch."),
+                    "demo" if source.demo else source.path, source.model_type, device, str(dtype).removeprefix("torch."),
                     len(engine.tasks.tasks), len(engine._resident), time.perf_counter() - started,
                     "  [DEMO MODEL: random weights]" if source.demo else "")
         return engine

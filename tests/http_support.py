@@ -45,7 +45,8 @@ def _free_port() -> int:
 
 
 class LiveServer:
-    """``python -m uvicorn app.main:create_app --factory`` on a free port, configured by environment."""
+    """``python -m uvicorn app.main:create_app --factory --http app.http_guard:GuardedH11Protocol`` on a free
+    port, configured by environment."""
 
     def __init__(self, target: str = "app.main:create_app", factory: bool = True, data_dir: Path | None = None,
                  cli: bool = False, **env: str) -> None:
@@ -59,7 +60,8 @@ class LiveServer:
         full_env["FLUX_DATA_DIR"] = str(self.data_dir)
         full_env.update(env)
         command = [sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []), "--host",
-                   "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
+                   "127.0.0.1", "--port", str(self.port), "--log-level", "info",
+                   "--http", "app.http_guard:GuardedH11Protocol"]  # slow-client limits, as docs/http-api.md says
         if cli:  # what `flux-service serve` runs
             command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(

@@ -281,6 +281,16 @@ def retained_rss(n: int, size: int) -> int:
     return 0
 
 
+def _across(job: dict, sigterm_wall: float | None) -> int:
+    """1 when the job was accepted before the SIGTERM and finished after it (kept across the restart)."""
+    from datetime import datetime
+
+    if sigterm_wall is None or not job.get("finished_at"):
+        return 0
+    ts = lambda iso: datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()  # noqa: E731
+    return int(ts(job["created_at"]) < sigterm_wall < ts(job["finished_at"]))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short phases (CI smoke run, about 30 s)")
@@ -319,6 +329,7 @@ def main() -> int:
             if i == middle:  # SIGTERM + restart half-way through the middle phase
                 time.sleep(phase_s / 2)
                 restart["rss_before_sigterm"] = rss_mib(server.proc.pid)
+                restart["sigterm_wall"] = time.time()
                 clients.down.set()
                 restart["exit_s"] = server.sigterm(args.grace + 30)
                 restart["returncode"] = server.proc.returncode
@@ -332,7 +343,7 @@ def main() -> int:
                 t.join(timeout=120)
 
         # every accepted job must end on the restarted server
-        lost, outcome = [], {"succeeded": 0, "failed": 0, "cancelled": 0}
+        lost, outcome, carried = [], {"succeeded": 0, "failed": 0, "cancelled": 0}, 0
         deadline = time.monotonic() + 180
         with httpx.Client(base_url=server.url, timeout=30) as c:
             for job_id in list(tally.jobs):
@@ -341,6 +352,7 @@ def main() -> int:
                     status = r.json().get("status") if r.status_code == 200 else None
                     if status in outcome:
                         outcome[status] += 1
+                        carried += _across(r.json(), restart.get("sigterm_wall"))
                         break
                     if r.status_code == 404 or time.monotonic() > deadline:
                         lost.append((job_id, r.status_code, status))
@@ -360,6 +372,7 @@ def main() -> int:
         "failed": c.get("failed", 0), "unavailable_during_restart": c.get("unavailable", 0),
         "abandoned": c.get("abandoned", 0), "cancelled_by_client": c.get("cancelled by client", 0),
         "jobs_accepted": len(tally.jobs), "jobs_final": outcome, "jobs_lost": len(lost),
+        "jobs_across_restart": carried,
         "direct_p50_s": pct(direct, 0.5), "direct_p99_s": pct(direct, 0.99), "job_p50_s": pct(jobs, 0.5),
         "job_p99_s": pct(jobs, 0.99), "rss_start_mib": rss_start, "rss_end_mib": rss_end,
         "rss_before_sigterm_mib": restart.get("rss_before_sigterm"), "sigterm_exit_s": restart.get("exit_s"),
@@ -377,6 +390,7 @@ def main() -> int:
             ("jobs accepted", figures["jobs_accepted"]),
             ("jobs at the end: succeeded / failed / cancelled",
              f"{outcome['succeeded']} / {outcome['failed']} / {outcome['cancelled']}"),
+            ("jobs accepted before the SIGTERM and finished after it", carried),
             ("**accepted jobs lost**", f"**{len(lost)}**"),
             ("direct request latency p50 / p99 (s)", f"{figures['direct_p50_s']:.2f} / {figures['direct_p99_s']:.2f}"),
             ("job latency p50 / p99 (s, submit to succeeded)", f"{figures['job_p50_s']:.2f} / {figures['job_p99_s']:.2f}"),

@@ -57,6 +57,29 @@ def test_finished_jobs_hold_no_png_in_memory_and_their_images_are_files(app_clie
                                                                   ).read_bytes()
 
 
+def test_memory_does_not_grow_with_retained_jobs(app_client):
+    """Python-heap bytes still allocated after 8 finished 256x256 jobs (tracemalloc: torch's own buffers are not
+    counted, so the allocator noise of image generation does not hide a PNG kept in memory)."""
+    import gc
+    import tracemalloc
+
+    client, settings = app_client()
+    with client as c:
+        run_job(c, width="256", height="256")  # warm-up: first-call caches
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            ids = [run_job(c, width="256", height="256", seed=str(i)) for i in range(8)]
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        png_bytes = sum((settings.data_dir / "images" / f"{i}.png").stat().st_size for i in ids)
+    assert png_bytes > 8 * 100_000  # noise-like 256x256 PNGs: ~190 kB each
+    assert grown < png_bytes / 4, f"Python heap grew {grown} bytes with {png_bytes} bytes of PNGs retained"
+
+
 def test_finished_jobs_beyond_the_byte_bound_are_removed_oldest_first(app_client):
     client, settings = app_client(max_jobs_bytes=1)  # room for nothing: only the newest is kept
     with client as c:

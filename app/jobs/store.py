@@ -122,11 +122,27 @@ class JobStore:
             raise ConfigError(f"cannot create the data folder {self.data_dir} ({exc}); set FLUX_DATA_DIR to a "
                               "writable folder") from exc
         self._lock_folder()
-        db = sqlite3.connect(self.data_dir / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
+        try:
+            self._open_db()
+        except BaseException:
+            self.close()  # release the folder lock
+            raise
+
+    def _open_db(self) -> None:
+        try:
+            db = sqlite3.connect(self.data_dir / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the job database in {self.data_dir} ({exc}); set FLUX_DATA_DIR to a "
+                              "writable folder") from exc
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a 202 means the job is on disk, even across a power cut
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a 202 means the job is on disk, even across a power cut
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            db.close()
+            raise ConfigError(f"the job database {self.data_dir / 'jobs.sqlite3'} cannot be read ({exc}); move it "
+                              "aside to start with an empty job store") from exc
         if version > SCHEMA_VERSION:
             db.close()
             raise ConfigError(f"{self.data_dir / 'jobs.sqlite3'} was written by a newer flux-service (schema "
@@ -140,7 +156,7 @@ class JobStore:
     def _lock_folder(self) -> None:
         try:
             import fcntl
-        except ImportError:  # not POSIX: no lock (documented)
+        except ImportError:  # Windows: no folder lock
             return
         handle = open(self.data_dir / "lock", "a+")
         try:

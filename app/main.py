@@ -61,6 +61,11 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if app.state.worker is not None:
+            # a second harness started this same app (e.g. schemathesis inside a TestClient): one app is one
+            # service with one worker and one job store (whose folder is locked), so share the running ones
+            yield
+            return
         _ensure_log_output()
         try:
             store = await asyncio.to_thread(JobStore.open, settings)

@@ -33,6 +33,8 @@ class GenerationRequest:
     seed: int | None = None  # None: a random seed, always reported
     #: Python API only (``FluxPipeline.generate(lora_path=...)``); the HTTP app never sets it.
     lora_path: str | None = None
+    #: the prompt stage (pipelines/prompt_stage.py): "auto", "glossary" or "off"; None: the FLUX_TRANSLATE default
+    translate: str | None = None
 
 
 @dataclass
@@ -56,6 +58,17 @@ class GenerationInfo:
     dtype: str
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, denoise, decode, total
+    # the prompt stage (pipelines/prompt_stage.py): what the user typed and what each text encoder read
+    translate: str = "off"  # the mode used: auto, glossary or off
+    prompt_original: str = ""  # as typed
+    prompt_english: str = ""  # after glossary + translation, before the task's trigger words and template
+    glossary_terms: list[list[str]] = field(default_factory=list)  # [term, English] as applied, in order
+    translated: list[list[str]] = field(default_factory=list)  # [text, English] per run the translator handled
+    translator: str | None = None  # which translator produced ``translated``; None: none was used
+    prompt_clip: str = ""  # the text CLIP reads (``prompt`` cut where its 77-token limit cuts)
+    prompt_t5: str = ""  # the text T5 reads (``prompt`` cut at max_sequence_length tokens)
+    t5_unknown_before: float = 0.0  # share of the prompt T5 maps to <unk> if sent as typed (translate=off)
+    t5_unknown_after: float = 0.0  # ... and as actually sent
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -200,6 +200,7 @@ def cmd_serve(args) -> int:
 
     from app.http_guard import server_options
     from app.main import create_app
+    from app.shutdown import SERVER_CLOSE_S
 
     settings = _settings(args).model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
                                                   if v is not None})
@@ -211,8 +212,10 @@ def cmd_serve(args) -> int:
             return 2
         serve_forever(settings, args.replicas if args.replicas is not None else settings.ray_replicas)
         return 0
+    # SIGTERM drains in the app first (app/shutdown.py: the running image gets FLUX_SHUTDOWN_GRACE_S); uvicorn's
+    # own wait afterwards only has finished responses to flush
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                timeout_graceful_shutdown=SERVER_CLOSE_S,
                 **server_options(settings))  # header/body timeouts, connection limit (app/http_guard.py)
     return 0
 

@@ -26,4 +26,7 @@ def worker_of(request: Request):
 
 
 def jobs_of(request: Request):
-    return request.app.state.jobs
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise NotReady("the job store is not open yet; retry when GET /ready answers 200")
+    return jobs

@@ -40,6 +40,20 @@ class NotReady(FluxServiceError):
     type = "not_ready"
 
 
+class ShuttingDown(NotReady):
+    """The service received SIGTERM: this request was not started (or was stopped at the grace) and may be sent
+    again once the service (or another replica) is back. Retry-After is a guess at a restart's duration."""
+
+    type = "shutting_down"
+    retry_after_s = 10.0
+
+
+class StorageError(NotReady):
+    """The job database or data folder could not be written; the job was not accepted."""
+
+    type = "storage_unavailable"
+
+
 class NotFound(FluxServiceError):
     type = "not_found"
 

@@ -54,6 +54,11 @@ class Job:
     replica: str | None = None
     #: set by whoever wants it stopped; the worker raises it at the next denoising step
     stop_reason: FluxServiceError | None = None
+    image_bytes: int = 0  # size of the PNG file in the job store (durable jobs)
+    #: times a worker started it (a restart interrupted the earlier ones); kept in the job store
+    attempts: int = 0
+    #: set when the service shut down before the job ended: it stays queued on disk and runs after the next start
+    suspended: str | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -93,6 +98,13 @@ class Job:
             "finished_at": _iso(self.finished_at),
             "image_url": f"/api/jobs/{self.id}/image" if self.status == "succeeded" and self.kind == "job" else None,
         }
+
+    def suspend(self, message: str) -> None:
+        """The service is stopping before this (durable) job ended: it is kept queued in the job store and runs
+        again after the next start. Its event readers get a final ``shutdown`` event saying so."""
+        self.status, self.position, self.step, self.started_at = "queued", None, 0, None
+        self.suspended = message
+        self.publish("shutdown", {**self.to_dict(), "message": message})
 
     # ------------------------------------------------------------------ events (any thread -> event loop)
     def publish(self, name: str, data: dict) -> None:

@@ -5,10 +5,13 @@ Why a factory and no module-level app or settings: tests and benchmarks build ap
 ``uvicorn app.main:app`` still works: the module-level ``__getattr__`` builds the app on first access with
 settings from the environment (a bad value: one line naming the ``FLUX_*`` variable, exit code 3). ``flux-service serve`` calls ``create_app(Settings())`` itself.
 
-Lifespan (FastAPI's replacement for ``on_event``): start-up loads the model and every task LoRA (a bad
-configuration stops start-up with the engine's message naming the file), then starts the worker; shutdown
-(SIGTERM under uvicorn, after uvicorn stopped accepting connections) drains: refuse new work, cancel the
-queued, let the running image finish for ``shutdown_grace_s``, stop.
+Lifespan (FastAPI's replacement for ``on_event``): start-up opens the job store (``app/jobs/``; its data
+folder is locked, so a second service on the same folder stops at once), loads the model and every task LoRA
+(a bad configuration stops start-up with the engine's message naming the file), puts the jobs a previous run
+did not finish back into the queue, and starts the worker. Shutdown starts at the signal, not at the lifespan
+(see ``app/shutdown.py``): refuse new work, answer queued direct requests 503, keep queued jobs on disk, let
+the running image finish for ``shutdown_grace_s``, then let uvicorn close. Without a signal (tests, an
+embedding server) the lifespan's end runs the same drain.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pipelines.settings import Settings, load_settings
 from . import openapi
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
-from .jobs import JobStore
+from .jobs import JobStore, pending_jobs
 from .metrics import Metrics
 from .origin_guard import OriginGuard
 from .routes import generate, jobs, meta, test_hooks
@@ -36,6 +39,7 @@ from .routes.page import install_page
 from .routes.trainings import install_trainings
 from .schemas import params_model
 from .security import require_api_key
+from .shutdown import SignalDrain
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -69,32 +73,53 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if app.state.worker is not None:
+            # a second harness started this same app (e.g. schemathesis inside a TestClient): one app is one
+            # service with one worker and one job store (whose folder is locked), so share the running ones
+            yield
+            return
         _ensure_log_output()
-        eng = engine
-        if eng is None:
-            from pipelines.engine import FluxEngine
+        try:
+            store = await asyncio.to_thread(JobStore.open, settings)
+        except FluxServiceError as exc:
+            logger.error("start-up failed (%s): %s", exc.type, exc.message)
+            raise
+        try:
+            eng = engine
+            if eng is None:
+                from pipelines.engine import FluxEngine
 
-            try:
-                load = backend.load_engine if backend is not None else FluxEngine.from_settings
-                eng = await asyncio.to_thread(load, settings)
-            except FluxServiceError as exc:
-                logger.error("start-up failed (%s): %s", exc.type, exc.message)
-                raise
-        if eng.is_demo:
-            logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
-        worker = (backend.make_worker if backend is not None else Worker)(eng, settings.queue_size, metrics)
-        worker.start()
+                try:
+                    load = backend.load_engine if backend is not None else FluxEngine.from_settings
+                    eng = await asyncio.to_thread(load, settings)
+                except FluxServiceError as exc:
+                    logger.error("start-up failed (%s): %s", exc.type, exc.message)
+                    raise
+            if eng.is_demo:
+                logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
+            make_worker = backend.make_worker if backend is not None else Worker
+            worker = make_worker(eng, settings.queue_size, metrics, journal=store)
+            worker.resume(await asyncio.to_thread(pending_jobs, store, settings.request_timeout_s))
+            worker.start()
+        except BaseException:
+            store.close()
+            raise
         metrics.bind(worker, eng)
-        app.state.engine, app.state.worker = eng, worker
-        logger.info("ready: queue size %d, request timeout %gs%s", settings.queue_size, settings.request_timeout_s,
-                    ", API key required" if settings.api_key else "")
+        app.state.engine, app.state.worker, app.state.jobs = eng, worker, store
+        signals = SignalDrain(worker, settings.shutdown_grace_s)
+        signals.install()
+        logger.info("ready: queue size %d, request timeout %gs, jobs in %s%s", settings.queue_size,
+                    settings.request_timeout_s, store.data_dir, ", API key required" if settings.api_key else "")
         try:
             yield
         finally:
-            logger.info("shutting down: refusing new work, waiting up to %gs for the running image",
-                        settings.shutdown_grace_s)
+            if not worker.draining:
+                logger.info("shutting down: refusing new work, waiting up to %gs for the running image",
+                            settings.shutdown_grace_s)
             await asyncio.to_thread(worker.drain, settings.shutdown_grace_s)
-            app.state.engine = app.state.worker = None
+            signals.uninstall()
+            app.state.engine = app.state.worker = app.state.jobs = None
+            store.close()
             logger.info("shut down")
 
     # operation ids are the route functions' names, so generated clients get `generate_image`, `create_job`...
@@ -103,8 +128,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.jobs = JobStore(settings.job_ttl_s, settings.max_jobs_kept)
-    app.state.engine = app.state.worker = None
+    app.state.engine = app.state.worker = app.state.jobs = None
     # the limits `engine.plan` enforces are the engine's settings: the request model (and so the schema) uses them
     app.state.params_model = params_model(engine.settings if engine is not None else settings)
 

@@ -49,7 +49,8 @@ def start_server(queue_size: int) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}
-    env.update(FLUX_QUEUE_SIZE=str(queue_size), FLUX_REQUEST_TIMEOUT_S="600")
+    env.update(FLUX_QUEUE_SIZE=str(queue_size), FLUX_REQUEST_TIMEOUT_S="600",
+               FLUX_DATA_DIR=tempfile.mkdtemp(prefix="flux-bench-data-"))  # its own job store folder
     log = tempfile.NamedTemporaryFile(prefix="flux-bench-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port),
                              "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env, stdout=log,

@@ -9,6 +9,7 @@ chain (``app -> model_manager -> pipelines``), so every layer can import it with
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -46,6 +47,12 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "flux-service"
+
+
+def _default_data_dir() -> Path:
+    """The user's data directory (XDG), never the package folder: job images outlive upgrades and reinstalls."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "flux-service"
 
 
 class Settings(BaseSettings):
@@ -129,6 +136,15 @@ class Settings(BaseSettings):
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
     log_health_checks: bool = Field(
         default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."
+    )
+
+    # --- durable jobs (app/jobs/) ---------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Job database (jobs.sqlite3) and job images; one running service per folder.",
+    )
+    max_jobs_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="Bytes of finished jobs' images kept at most (oldest removed first)."
     )
 
     @field_validator("cors_origins")

@@ -7,6 +7,7 @@ sizes (64x64, few steps) for speed; ``min_size`` is lowered accordingly in the t
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import pytest
 
@@ -16,7 +17,9 @@ SMALL = dict(width=64, height=64, num_inference_steps=2)
 
 
 def make_settings(**overrides) -> Settings:
-    base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True)
+    # each app its own job store folder: a data folder is locked by the one service using it
+    base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True,
+                data_dir=tempfile.mkdtemp(prefix="flux-test-data-"))
     base.update(overrides)
     return Settings(_env_file=None, **base)
 

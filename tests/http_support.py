@@ -50,17 +50,24 @@ class LiveServer:
     """``python -m uvicorn app.main:create_app --factory --http app.http_guard:GuardedH11Protocol`` on a free
     port, configured by environment."""
 
-    def __init__(self, target: str = "app.main:create_app", factory: bool = True, **env: str) -> None:
+    def __init__(self, target: str = "app.main:create_app", factory: bool = True, data_dir: Path | None = None,
+                 cli: bool = False, **env: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="flux-http-", suffix=".log")[1])
+        #: the job store folder; pass the same one to a second server to test a restart
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="flux-http-data-"))
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}
         full_env.update(BASE_ENV)
+        full_env["FLUX_DATA_DIR"] = str(self.data_dir)
         full_env.update(env)
+        command = [sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []), "--host",
+                   "127.0.0.1", "--port", str(self.port), "--log-level", "info",
+                   "--http", "app.http_guard:GuardedH11Protocol"]  # slow-client limits, as docs/http-api.md says
+        if cli:  # what `flux-service serve` runs
+            command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []), "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "info",
-             "--http", "app.http_guard:GuardedH11Protocol"],  # slow-client limits, as docs/http-api.md says
+            command,
             cwd=ROOT, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         self._wait_ready()
 

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -48,7 +49,8 @@ class ServerProcess:
         ARTIFACTS.mkdir(exist_ok=True)
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}  # hermetic: no stray config
-        env.update(FLUX_MIN_SIZE="16", FLUX_ALLOW_DEMO="true", PYTHONUNBUFFERED="1", **env_overrides)
+        env.update(FLUX_MIN_SIZE="16", FLUX_ALLOW_DEMO="true", PYTHONUNBUFFERED="1",
+                   FLUX_DATA_DIR=tempfile.mkdtemp(prefix="flux-browser-data-"), **env_overrides)  # own job store
         self.log_path = ARTIFACTS / f"server-{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(

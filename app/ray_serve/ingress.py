@@ -21,10 +21,10 @@ class RayBackend:
 
         return planning_engine(settings)
 
-    def make_worker(self, engine, queue_size: int, metrics):
+    def make_worker(self, engine, queue_size: int, metrics, journal=None):
         from .ray_worker import RayWorker
 
-        return RayWorker(self.handle, engine, queue_size, metrics)
+        return RayWorker(self.handle, engine, queue_size, metrics, journal=journal)
 
 
 @serve.ingress()

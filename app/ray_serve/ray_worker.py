@@ -57,8 +57,9 @@ def lora_set_id(engine, job) -> str:
 
 
 class RayWorker(Worker):
-    def __init__(self, handle, engine, queue_size: int, metrics=None) -> None:
-        super().__init__(engine, queue_size, metrics)
+    def __init__(self, handle, engine, queue_size: int, metrics=None, journal=None) -> None:
+        super().__init__(engine, queue_size, metrics, journal=journal)
+        self._resumed: list = []  # jobs accepted before a restart, started once the event loop is known
         self.handle = handle
         self._tasks: dict = {}  # job -> asyncio.Task driving it
         self._responses: dict = {}  # job -> the Ray streaming response while one is open
@@ -75,6 +76,13 @@ class RayWorker(Worker):
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        resumed, self._resumed = self._resumed, []
+        for job in resumed:  # accepted before the restart (already in the job store): never refused now
+            self._tasks[job] = self._loop.create_task(self._drive(job))
+
+    def resume(self, jobs: list) -> None:
+        """Jobs read back from the durable store at start-up: they go to the replicas once ``start`` ran."""
+        self._resumed.extend(jobs)
 
     def depth(self) -> int:
         return sum(1 for job in self._tasks if job.status == "queued")
@@ -99,6 +107,8 @@ class RayWorker(Worker):
         if job.kind == "job" and self._waiting_jobs >= self.queue_size:
             raise RetryLater(f"the queue is full ({self.queue_size} jobs waiting for a replica); retry in about "
                              f"{self._mean_s:.0f}s", retry_after_s=min(max(self._mean_s, 1.0), 300.0))
+        if self.journal is not None and job.kind == "job":
+            self.journal.accepted(job)  # on disk before the client hears 202, as in the single-process worker
         job.position = self.depth() + 1
         job.publish("queued", {"position": job.position})
         self._tasks[job] = self._loop.create_task(self._drive(job))
@@ -184,6 +194,8 @@ class RayWorker(Worker):
                 if name == "running":
                     job.replica = data["replica"]
                     job.status, job.position, job.started_at = "running", None, time.time()
+                    if self.journal is not None and job.kind == "job":
+                        self.journal.started(job)
                     if self.metrics is not None:
                         self.metrics.queue_wait.observe(time.monotonic() - job.enqueued_mono)
                     job.publish("running", {"step": 0, "total": job.total,
@@ -199,9 +211,13 @@ class RayWorker(Worker):
                     if self.metrics is not None:
                         self.metrics.generation.observe(seconds)
                         self.replica_seconds.labels(data["replica"]).observe(seconds)
-                    job.replica, job.info, job.png = data["replica"], info, data["png"]
+                    job.replica, job.info = data["replica"], info
                     self._count(job.replica, "succeeded")
-                    self._finish(job, None)
+                    if self.journal is not None and job.kind == "job":
+                        self._finish(job, None, png=data["png"])  # to a file, as in the single-process worker
+                    else:
+                        job.png = data["png"]
+                        self._finish(job, None)
                 elif name == "error":
                     error = rebuild_error(data)
                     if isinstance(error, Cancelled) and job.stop_reason is not None:

@@ -1,16 +1,20 @@
 """``/api/jobs``: the same generation as ``/api/generate-image`` without holding a request open.
 
 A job is queued in the same FIFO as direct requests (one queue, so neither kind can starve the other),
-can be polled, followed live as server-sent events, fetched as PNG when done, and cancelled. Finished jobs
-are kept per ``job_ttl_s`` / ``max_jobs_kept`` (see ``app/jobs.py``).
+can be polled, followed live as server-sent events, fetched as PNG when done, and cancelled. Jobs are durable
+(``app/jobs/``): accepted jobs survive a restart, finished ones (their PNG a file in the data folder) are kept
+per ``job_ttl_s`` / ``max_jobs_kept`` / ``max_jobs_bytes``.
 
 Events (``GET /api/jobs/{id}/events``, ``text/event-stream``): ``queued`` {position} (1 = next),
 ``running`` {step, total}, ``progress`` {step, total}, then exactly one of ``succeeded`` / ``failed`` /
 ``cancelled`` (data: the job) and the stream ends. A reader that connects late first gets the current state.
+When the service shuts down before the job ended, the stream ends with ``shutdown`` instead (data: the job,
+``status`` queued, and a ``message``): the job is kept and runs after the next start; reconnect then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from fastapi import APIRouter, Query, Request, Response
@@ -43,8 +47,7 @@ PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, im
                                                        "schema": {"type": "string"}}}},
                         **error_responses(413, 422, 500, 503)})
 async def create_job(request: Request) -> JSONResponse:
-    job = await submit(request, "job")
-    jobs_of(request).add(job)
+    job = await submit(request, "job")  # the worker recorded it in the job store before queueing it
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
@@ -58,10 +61,12 @@ async def get_job(job_id: str, request: Request) -> dict:
             responses={200: png_response("The image; the headers say what was used.", RESULT_HEADERS, HEADER_DOCS),
                        **error_responses(404, 409)})
 async def get_job_image(job_id: str, request: Request) -> Response:
-    job = jobs_of(request).get(job_id)
-    if job.status != "succeeded" or job.png is None:
+    store = jobs_of(request)
+    job = store.get(job_id)
+    if job.status != "succeeded":
         raise Conflict(f"job {job_id!r} is {job.status}; its image exists only once it has succeeded", param="id")
-    return Response(job.png, media_type="image/png", headers=result_headers(job))
+    png = await asyncio.to_thread(store.read_image, job_id)  # a file: finished jobs hold no image in memory
+    return Response(png, media_type="image/png", headers=result_headers(job))
 
 
 @router.delete("/api/jobs/{job_id}", summary="Cancel a job", response_model=None,
@@ -76,8 +81,13 @@ async def cancel_job(job_id: str, request: Request) -> dict:
     return job.to_dict()
 
 
+#: how long an EventSource should wait before reconnecting after a ``shutdown`` event (a restart takes a while)
+SHUTDOWN_RETRY_MS = 10_000
+
+
 def _sse(name: str, data: dict) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    retry = f"retry: {SHUTDOWN_RETRY_MS}\n" if name == "shutdown" else ""
+    return f"{retry}event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 async def _event_stream(job: Job, previews: bool = False):
@@ -96,6 +106,9 @@ async def _events(job: Job, previews: bool):
     last_step, last_position, last_preview = -1, None, -1
     if state["status"] in TERMINAL:
         yield _sse(state["status"], state)
+        return
+    if job.suspended:  # the service is shutting down and will not run it before the restart
+        yield _sse("shutdown", {**state, "message": job.suspended})
         return
     if state["status"] == "queued":
         last_position = state["position"]
@@ -129,7 +142,7 @@ async def _events(job: Job, previews: bool):
             elif name == "running" and last_step >= 0:
                 continue
             yield _sse(name, data)
-            if name in TERMINAL:
+            if name in TERMINAL or name == "shutdown":
                 return
         if not events:
             before = index

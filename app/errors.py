@@ -160,6 +160,8 @@ def validation_message(err: dict) -> tuple[str, str | None]:
         return f"{name} is null; an optional field is absent or has a value: leave it out for its default", param
     if err.get("type") == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == r"\S":
         return f"{name} must not be blank", param
+    if err.get("type") == "multiple_of":  # the engine's own words for the same rule (page: errortext.js)
+        return f"{name} must be a multiple of {err['ctx']['multiple_of']}, got {err.get('input')!r}", param
     got = ""
     if "input" in err and not isinstance(err["input"], (dict, list)):
         text = repr(err["input"])

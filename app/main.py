@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     if settings.enable_test_hooks:
         logger.warning("test hooks are enabled (/_test/*): never do this in production")
         app.include_router(test_hooks.router)
-    install_trainings(app, settings, guarded)  # POST /api/trainings ...; its supervisor wraps the lifespan
+    install_trainings(app, settings, guarded, keyed)  # POST /api/trainings ...; its supervisor wraps the lifespan
     install_docs(app)
     install_page(app)
     openapi.install(app, params_model=app.state.params_model, api_key_set=bool(settings.api_key))

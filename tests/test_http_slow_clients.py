@@ -112,7 +112,8 @@ def test_slow_next_request_on_a_keep_alive_connection_is_closed(server):
 
 def test_requests_that_wait_longer_than_the_timeouts_for_the_gpu_still_succeed(server):
     """The clocks stop once the body is in: a generation slower than both timeouts is answered normally."""
-    with server.client() as c, StepDelay(c, 1.0):
+    # 2 steps x 1.5 s = 3 s, more than both timeouts together (2.5 s) whatever the rest of the request costs
+    with server.client() as c, StepDelay(c, 1.5):
         started = time.monotonic()
         r = c.post("/api/generate-image", data={"prompt": "slow gpu", **SMALL})
         assert r.status_code == 200 and time.monotonic() - started > BODY_TIMEOUT + HEADER_TIMEOUT

@@ -157,10 +157,10 @@ async def training_events(run_id: str, request: Request) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def install_trainings(app: FastAPI, settings, guarded) -> None:
+def install_trainings(app: FastAPI, settings, guarded, responses: dict | None = None) -> None:
     """Add the routes and start/stop the training supervisor around the app's own lifespan (after the
     engine is loaded: the demo preset and the GPU policy depend on it)."""
-    app.include_router(router, dependencies=guarded, tags=["trainings"])
+    app.include_router(router, dependencies=guarded, tags=["trainings"], responses=responses or {})
     inner = app.router.lifespan_context
 
     @asynccontextmanager

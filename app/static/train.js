@@ -31,7 +31,8 @@ function build() {
   const recent = document.querySelector(".recent-box");
   const genTab = el("button", { id: "tab-generate", role: "tab", type: "button", "aria-selected": "true", text: "生成 Generate" });
   const trainTab = el("button", { id: "tab-train", role: "tab", type: "button", "aria-selected": "false", text: "训练 Train" });
-  main.before(el("nav", { class: "tabs", role: "tablist" }, genTab, trainTab));
+  // in the header row, beside the title: the generator keeps its whole first screen (progress, preview, Generate)
+  document.querySelector("header.top .title").after(el("nav", { class: "tabs", role: "tablist" }, genTab, trainTab));
   const input = el("input", { id: "train-photos", type: "file", multiple: true, accept: "image/*,.zip,.txt" });
   const drop = el("label", { id: "train-drop", class: "drop", for: "train-photos" },
     el("strong", { text: "拖入照片或 zip · Drop photos or a zip" }),

@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import AdapterStrategy, PeftAdapters
-from .errors import AdapterError, InvalidRequest, OutOfMemory
+from .compile import CompileCounter, compile_transformer, should_compile
+from .errors import AdapterError, ConfigError, InvalidRequest, OutOfMemory
+from .fused_adapters import FusedAdapters
 from .lora_files import read_lora, resolve_weights_file
+from .lora_registry import ActiveLora, lora_file_sha256, plan_loras, target_patterns
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
 from .prompt_check import check_prompt
+from .quantize import check_quantize
 from .settings import Settings
 from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskConfig, TaskTable, load_task_table
 from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
@@ -38,6 +42,9 @@ class ResidentAdapter:
     file: Path
     format: str
     rank: int
+    alpha: float | None = None
+    sha256: str = ""
+    modules: tuple[str, ...] = ()  # the layers it adapts, e.g. transformer_blocks.0.attn.to_q
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class Plan:
     guidance_scale: float
     seed: int
     notes: tuple[str, ...] = ()
+    #: every LoRA of this generation (the task's, the request's ``loras``), in order; ``adapter`` is the first
+    loras: tuple[ActiveLora, ...] = ()
 
 
 class FluxEngine:
@@ -65,19 +74,33 @@ class FluxEngine:
         self.device = device
         self.dtype = dtype
         self.tasks = tasks or TaskTable(source=Path("<none>"))
-        self.adapters: AdapterStrategy = adapters or PeftAdapters(pipe)
+        self.adapters: AdapterStrategy = adapters or (
+            PeftAdapters(pipe) if settings.adapters == "peft" else FusedAdapters(pipe, settings.fused_backup))
         self._resident: dict[Path, ResidentAdapter] = {}
-        #: task name -> its adapter, fixed at start-up so a request never touches the LoRA files again
+        #: registered LoRA name ([loras.NAME] or a task's path shorthand) -> its resident adapter
+        self._named: dict[str, ResidentAdapter] = {}
+        #: task name -> its (first) adapter, fixed at start-up so a request never touches the LoRA files again
         self._task_adapters: dict[str, ResidentAdapter] = {}
         self._lock = threading.Lock()
         self._fault: BaseException | None = None
+        #: torch.compile state: graphs compiled so far (one per image size after warm-up; never per LoRA)
+        self.compilations = CompileCounter()
+        self.compiled = False
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
+        users: dict[str, list[str]] = {}
         for task in self.tasks.tasks.values():
-            if task.lora:
-                try:
-                    self._task_adapters[task.name] = self._adapter_for(self._task_lora_path(task))
-                except AdapterError as exc:
-                    raise type(exc)(f"task {task.name!r}: {exc.message}", path=exc.path) from None
+            for lora_name, _ in task.loras:
+                users.setdefault(lora_name, []).append(task.name)
+        for entry in self.tasks.loras.values():
+            try:
+                self._named[entry.name] = self._adapter_for(self._lora_path(entry.path), name=entry.name)
+            except AdapterError as exc:
+                where = (f"task {users[entry.name][0]!r}" if entry.implicit and users.get(entry.name) else
+                         f"LoRA {entry.name!r} ([loras.{entry.name}] in {self.tasks.source})")
+                raise type(exc)(f"{where}: {exc.message}", path=exc.path) from None
+        for task in self.tasks.tasks.values():
+            if task.loras:
+                self._task_adapters[task.name] = self._named[task.loras[0][0]]
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -87,22 +110,65 @@ class FluxEngine:
         tasks = load_task_table(settings.resolved_tasks_file()) if with_tasks else None
         source = resolve_model_source(settings, model_path, default_path_means_demo=default_path_means_demo)
         device, dtype = pick_device(settings)
+        check_quantize(settings.quantize, device)
+        compile_on = should_compile(settings.compile, device, settings.adapters)
         started = time.perf_counter()
         pipe = load_pipeline(source, device, dtype)
         engine = cls(pipe, source, settings, device, dtype, tasks)
-        logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident, %.1fs%s",
+        if compile_on:
+            engine.enable_compile()
+        logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident (%s strategy%s), %.1fs%s",
                     source.label, source.model_type, device, str(dtype).removeprefix("torch."),
-                    len(engine.tasks.tasks), len(engine._resident), time.perf_counter() - started,
-                    "  [DEMO MODEL: random weights]" if source.demo else "")
+                    len(engine.tasks.tasks), len(engine._resident), engine.adapter_strategy,
+                    f", torch.compile {settings.compile_backend}" if compile_on else "",
+                    time.perf_counter() - started, "  [DEMO MODEL: random weights]" if source.demo else "")
         return engine
+
+    @property
+    def adapter_strategy(self) -> str:
+        return getattr(self.adapters, "kind", type(self.adapters).__name__)
+
+    # ---------------------------------------------------------------- torch.compile
+    def enable_compile(self) -> None:
+        """Compile the transformer (lazily: each image size compiles on its first call; see ``warm_up``)."""
+        compile_transformer(self.pipe.transformer, self.settings.compile_backend, self.settings.compile_cache_dir,
+                            self.compilations)
+        self.compiled = True
+
+    def warmup_sizes(self) -> list[tuple[int, int]]:
+        """``FLUX_COMPILE_WARMUP_SIZES``, else every (width, height) of the task table, else 1024x1024."""
+        sizes = self.settings.warmup_sizes() or list(dict.fromkeys((t.width, t.height)
+                                                                    for t in self.tasks.tasks.values()))
+        return sizes or [(1024, 1024)]
+
+    def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
+        """Compile every expected image size before the service reports ready: one 1-step call per size
+        (latents only, no VAE decode). Returns seconds per size; nothing to do when not compiled."""
+        import torch
+
+        if not self.compiled:
+            return {}
+        done: dict[str, float] = {}
+        for width, height in sizes or self.warmup_sizes():
+            if width % 16 or height % 16:
+                raise ConfigError(f"warm-up size {width}x{height}: width and height must be multiples of 16")
+            before, started = self.compilations.total, time.perf_counter()
+            with self._lock:
+                self.pipe(prompt="warm-up", width=width, height=height, num_inference_steps=1,
+                          guidance_scale=self.default_guidance, generator=torch.Generator("cpu").manual_seed(0),
+                          max_sequence_length=self.settings.max_sequence_length, output_type="latent")
+            done[f"{width}x{height}"] = round(time.perf_counter() - started, 3)
+            logger.info("torch.compile warm-up %dx%d: %d graph(s) compiled, %.1fs", width, height,
+                        self.compilations.total - before, time.perf_counter() - started)
+        return done
 
     @property
     def is_demo(self) -> bool:
         return self.source.demo
 
     # ---------------------------------------------------------------- adapters
-    def _task_lora_path(self, task: TaskConfig) -> Path:
-        p = Path(task.lora)
+    def _lora_path(self, ref: str) -> Path:
+        p = Path(ref)
         return p if p.is_absolute() else self.source.models_root / p
 
     def locate_lora(self, path: str | Path) -> tuple[Path, str | None]:
@@ -121,21 +187,22 @@ class FluxEngine:
             return demo_p, note
         return p, None
 
-    def _adapter_for(self, path: Path) -> ResidentAdapter:
+    def _adapter_for(self, path: Path, name: str | None = None) -> ResidentAdapter:
         """Load a LoRA once; later calls with the same file get the resident adapter (never re-read)."""
         weights = resolve_weights_file(path).resolve()
         if weights in self._resident:
             return self._resident[weights]
         lora = read_lora(weights)
-        base = (weights.parent.name if weights.name in ("pytorch_lora_weights.safetensors",
-                                                        "adapter_model.safetensors") else weights.stem)
+        base = name or (weights.parent.name if weights.name in ("pytorch_lora_weights.safetensors",
+                                                                "adapter_model.safetensors") else weights.stem)
         name, n = base, 2
         taken = {a.name for a in self._resident.values()}
         while name in taken:
             name, n = f"{base}_{n}", n + 1
         started = time.perf_counter()
         self.adapters.load(name, lora)
-        adapter = ResidentAdapter(name=name, file=weights, format=lora.format, rank=lora.rank)
+        adapter = ResidentAdapter(name=name, file=weights, format=lora.format, rank=lora.rank, alpha=lora.alpha,
+                                  sha256=lora_file_sha256(weights), modules=tuple(lora.modules))
         self._resident[weights] = adapter
         logger.info("LoRA loaded: %s as adapter %r (%s layout, rank %d%s, %d layers, %.2fs)", weights, name,
                     lora.format, lora.rank, f", alpha {lora.alpha:g}" if lora.alpha is not None else "",
@@ -156,8 +223,7 @@ class FluxEngine:
                                  param="prompt")
         task = self.tasks.get(req.task) if req.task is not None else None
         notes: list[str] = []
-        adapter: ResidentAdapter | None = None
-        default_alpha = 0.0
+        base: list[tuple[str, ResidentAdapter, float]] = []
         if req.lora_path is not None:
             if task is not None and task.lora:
                 raise InvalidRequest(f"task {task.name!r} already has a LoRA; pass either `task` or `lora_path`",
@@ -165,12 +231,12 @@ class FluxEngine:
             located, note = self.locate_lora(req.lora_path)
             if note:
                 notes.append(note)
-            adapter, default_alpha = self._adapter_for(located), 1.0
-        elif task is not None and task.lora:
-            adapter, default_alpha = self._task_adapters[task.name], task.lora_alpha
-        scale = default_alpha
+            adapter = self._adapter_for(located)
+            base.append((adapter.name, adapter, 1.0))
+        elif task is not None:
+            base.extend((n, self._named[n], s) for n, s in task.loras)
         if req.lora_alpha is not None:
-            if adapter is None:
+            if not base:
                 with_lora = [t for t, c in self.tasks.tasks.items() if c.lora]
                 where = f"task {task.name!r} uses no LoRA" if task else "no LoRA is in play (no task given)"
                 raise InvalidRequest(f"`lora_alpha` was given but {where}, so it would have no effect; drop it, "
@@ -179,7 +245,10 @@ class FluxEngine:
             if not MIN_LORA_ALPHA <= req.lora_alpha <= MAX_LORA_ALPHA:
                 raise InvalidRequest(f"`lora_alpha` must be between {MIN_LORA_ALPHA} and {MAX_LORA_ALPHA}, "
                                      f"got {req.lora_alpha}", param="lora_alpha")
-            scale = float(req.lora_alpha)
+        loras = plan_loras(registry=self._named, base=base, task_name=task.name if task else None,
+                           lora_alpha=req.lora_alpha, requested=getattr(req, "loras", None))
+        adapter = loras[0].adapter if loras else None
+        scale = loras[0].scale if loras else 0.0
         width = req.width if req.width is not None else (task.width if task else 1024)
         height = req.height if req.height is not None else (task.height if task else 1024)
         for name, value in (("width", width), ("height", height)):
@@ -206,7 +275,7 @@ class FluxEngine:
         prompt = task.render_prompt(req.prompt) if task else req.prompt
         return Plan(prompt=prompt, task=task.name if task else None, adapter=adapter, lora_scale=scale if adapter else 0.0,
                     width=width, height=height, num_inference_steps=steps, guidance_scale=float(guidance),
-                    seed=seed, notes=tuple(notes))
+                    seed=seed, notes=tuple(notes), loras=loras)
 
     def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
         """Make one image. ``progress(step, total)`` may raise Cancelled/DeadlineExceeded to stop it."""
@@ -236,7 +305,8 @@ class FluxEngine:
 
             if progress is not None:
                 progress(0, total)
-            self.adapters.activate(plan.adapter.name if plan.adapter else None, plan.lora_scale)
+            self.adapters.activate_set([(x.adapter.name, x.scale) for x in plan.loras])
+            compilations_before = self.compilations.total
             try:
                 out = self.pipe(
                     prompt=plan.prompt,
@@ -259,6 +329,10 @@ class FluxEngine:
                                   "released, try a smaller size or retry later") from None
             image = out.images[0]
             ended = time.perf_counter()
+            compiled_now = self.compilations.total - compilations_before
+        if compiled_now:
+            logger.warning("torch.compile: this %dx%d image compiled %d new graph(s) (a size not warmed up; add it "
+                           "to FLUX_COMPILE_WARMUP_SIZES)", plan.width, plan.height, compiled_now)
 
         timings = {"total_s": round(ended - started, 4)}
         if marks:
@@ -283,10 +357,16 @@ class FluxEngine:
             dtype=str(self.dtype).removeprefix("torch."),
             warnings=warnings,
             timings=timings,
+            loras=[x.to_dict() for x in plan.loras],
+            adapter_strategy=self.adapter_strategy,
+            compiled=self.compiled,
+            compilations=self.compilations.total,
         )
         lora = (f"{info.adapter_file} (adapter={info.adapter_name}, alpha={info.lora_scale:g})"
                 if info.adapter_name and info.lora_scale else
                 f"off (alpha=0 for {info.adapter_file})" if info.adapter_name else "no LoRA")
+        if len(plan.loras) > 1:
+            lora = ", ".join(f"{x.name}={x.scale:g}" for x in plan.loras)
         logger.info("generated task=%s LoRA: %s seed=%d size=%dx%d steps=%d guidance=%g time=%.2fs%s",
                     info.task or "-", lora, info.seed, info.width, info.height, total, info.guidance_scale,
                     timings["total_s"], "  [DEMO MODEL]" if self.is_demo else "")
@@ -306,7 +386,26 @@ class FluxEngine:
                 width=t.width, height=t.height,
                 num_inference_steps=t.num_inference_steps or self.default_steps,
                 guidance_scale=t.guidance_scale if t.guidance_scale is not None else self.default_guidance,
+                loras=[{"name": n, "scale": s} for n, s in t.loras],
             ))
+        return out
+
+    def lora_infos(self) -> list[dict]:
+        """Every registered LoRA as clients see it (``GET /api/loras``): no absolute paths."""
+        used: dict[str, list[str]] = {}
+        for t in self.tasks.tasks.values():
+            for n, _ in t.loras:
+                used.setdefault(n, []).append(t.name)
+        out = []
+        for name, adapter in self._named.items():
+            entry = self.tasks.loras.get(name)
+            out.append({
+                "name": name, "description": entry.description if entry else "",
+                "path": entry.path if entry else adapter.file.name, "file": adapter.file.name,
+                "format": adapter.format, "sha256": adapter.sha256, "rank": adapter.rank, "alpha": adapter.alpha,
+                "layers": len(adapter.modules), "targets": target_patterns(adapter.modules),
+                "tasks": used.get(name, []),
+            })
         return out
 
     def inject_fault_once(self, fault: BaseException) -> None:

@@ -33,6 +33,9 @@ class GenerationRequest:
     seed: int | None = None  # None: a random seed, always reported
     #: Python API only (``FluxPipeline.generate(lora_path=...)``); the HTTP app never sets it.
     lora_path: str | None = None
+    #: strengths of registered LoRAs by name, ((name, scale), ...): the task's get a new strength, others are
+    #: added (several LoRAs at once); names only, never paths. None: the task's LoRAs as configured.
+    loras: tuple[tuple[str, float], ...] | None = None
 
 
 @dataclass
@@ -56,6 +59,11 @@ class GenerationInfo:
     dtype: str
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, denoise, decode, total
+    #: every LoRA of this image: [{"name", "adapter", "file", "sha256", "scale"}]; adapter_* above is the first
+    loras: list[dict] = field(default_factory=list)
+    adapter_strategy: str = ""  # fused | peft: how the LoRAs reached the weights
+    compiled: bool = False  # the transformer ran under torch.compile
+    compilations: int = 0  # graphs compiled by this engine so far (grows per new image size, never per LoRA)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +105,7 @@ class TaskInfo:
     height: int
     num_inference_steps: int
     guidance_scale: float
+    loras: list[dict] = field(default_factory=list)  # [{"name", "scale"}]: every LoRA of the task
 
     def to_dict(self) -> dict:
         return asdict(self)

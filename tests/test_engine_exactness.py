@@ -1,4 +1,8 @@
-"""Pixels: our wrapper adds nothing to diffusers, and each LoRA layout means exactly what its trainer meant."""
+"""Pixels: our wrapper adds nothing to diffusers, and each LoRA layout means exactly what its trainer meant.
+
+Bit for bit against bare diffusers/PEFT, so this module runs the PEFT strategy (FLUX_ADAPTERS=peft)
+explicitly; the fused strategy's exactness is in tests/test_fused_adapters.py.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,13 @@ from tests.engine_helpers import PROMPT, SEED, bare_call, fresh_bare_pipe, pixel
 DEMO_LORA = "lora/host_person"
 # loading a second adapter into one model is what this module does on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def engine(peft_engine):
+    """FLUX_ADAPTERS=peft: these tests compare with PEFT layers bit for bit."""
+    assert peft_engine.adapter_strategy == "peft"
+    return peft_engine
 
 
 @pytest.fixture(scope="module")

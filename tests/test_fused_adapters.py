@@ -1,0 +1,127 @@
+"""The fused strategy (FLUX_ADAPTERS=fused, the default): exact against the base model, close to PEFT, no wrappers.
+
+Fused weights are ``cast(W0 + s * scale * B @ A)``, PEFT computes ``W0 x + s * scale * B (A x)``: the same
+picture up to float rounding, so against PEFT the bound is a pixel difference (<= 2 of 255), while against the
+base model (strength 0, switching back) the bound is zero: every state is rebuilt from the backup copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.errors import AdapterMismatch
+from tests.conftest import make_settings
+from tests.engine_helpers import bare_call, fresh_bare_pipe, pixels, request
+
+DEMO_LORA = "lora/host_person"
+MAX_PIXEL_DIFF_VS_PEFT = 2
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def test_default_strategy_is_fused_and_wraps_no_module(engine):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert engine.adapter_strategy == "fused"
+    engine.generate(request(task="host_face"))
+    assert not any(isinstance(m, BaseTunerLayer) for m in engine.pipe.transformer.modules())
+    assert not hasattr(engine.pipe.transformer, "peft_config")
+
+
+def test_fused_strength_zero_equals_base_model_bit_for_bit(engine, bare_pipe):
+    result = engine.generate(request(task="host_face", lora_alpha=0.0))
+    assert result.info.lora_scale == 0.0 and result.info.adapter_strategy == "fused"
+    assert np.array_equal(pixels(result), bare_call(bare_pipe))
+
+
+def test_fused_switching_restores_every_weight_bit_for_bit(engine, bare_pipe):
+    import torch
+
+    engine.generate(request(task="host_face", lora_alpha=1.3))
+    for task in ["host_face", "science_background", "character_face", "host_face"]:
+        engine.generate(request(task=task))
+    engine.adapters.activate_set([])
+    reference = dict(bare_pipe.transformer.named_parameters())
+    for name, param in engine.pipe.transformer.named_parameters():
+        assert torch.equal(param, reference[name]), f"{name} differs from the base model after switching"
+
+
+def test_fused_back_and_forth_gives_the_same_lora_pixels_bit_for_bit(engine):
+    first = pixels(engine.generate(request(task="host_face", lora_alpha=0.9)))
+    for task, alpha in [("science_background", None), ("host_face", 1.7), ("host_face", 0.0), ("host_face", 0.9)]:
+        last = pixels(engine.generate(request(task=task, lora_alpha=alpha)))
+    assert np.array_equal(last, first)
+
+
+def test_fused_matches_diffusers_peft_lora_within_two_levels(engine, demo_root):
+    ours = pixels(engine.generate(request(task="host_face")))
+    pipe = fresh_bare_pipe(engine)
+    pipe.load_lora_weights(str(demo_root / DEMO_LORA), weight_name="pytorch_lora_weights.safetensors",
+                           adapter_name="reference")
+    pipe.set_adapters(["reference"], [0.7])
+    reference = bare_call(pipe)
+    assert _max_diff(ours, reference) <= MAX_PIXEL_DIFF_VS_PEFT
+    assert _max_diff(ours, bare_call(fresh_bare_pipe(engine))) > 10  # and the LoRA did change the picture
+
+
+def test_fused_and_peft_strategies_agree_on_the_peft_layout_with_alpha_not_rank(engine, peft_engine, demo_root):
+    path = str(demo_root / DEMO_LORA / "adapter_model.safetensors")
+    fused = pixels(engine.generate(request(lora_path=path, lora_alpha=0.7)))
+    peft = pixels(peft_engine.generate(request(lora_path=path, lora_alpha=0.7)))
+    assert _max_diff(fused, peft) <= MAX_PIXEL_DIFF_VS_PEFT
+
+
+def test_dora_is_refused_by_the_fused_strategy_with_the_way_out(engine, demo_root, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "dora"
+    folder.mkdir()
+    shutil.copy(demo_root / DEMO_LORA / "adapter_model.safetensors", folder / "adapter_model.safetensors")
+    cfg = json.loads((demo_root / DEMO_LORA / "adapter_config.json").read_text())
+    cfg["use_dora"] = True
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterMismatch, match="DoRA.*FLUX_ADAPTERS=peft"):
+        engine.generate(request(lora_path=str(folder)))
+
+
+def test_fused_text_encoder_lora_applies_and_strength_zero_is_exact(engine, bare_pipe, tmp_path):
+    """Text-encoder LoRA tensors (``text_encoder.<module>.lora_A/B``) are fused into the CLIP encoder."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipelines.fused_adapters import FusedAdapters
+    from pipelines.lora_files import LoraWeights
+
+    # the module's name as this transformers version spells it (5.x: no ``text_model.`` level)
+    name = next(n for n, _ in engine.pipe.text_encoder.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+    q = engine.pipe.text_encoder.get_submodule(name)
+    gen = torch.Generator().manual_seed(3)
+    sd = {f"text_encoder.{name}.lora_A.weight": torch.randn(4, q.in_features, generator=gen),
+          f"text_encoder.{name}.lora_B.weight": torch.randn(q.out_features, 4, generator=gen)}
+    save_file(sd, str(tmp_path / "te.safetensors"))
+    own = fresh_bare_pipe(engine)
+    adapters = FusedAdapters(own)
+    adapters.load("te", LoraWeights(path=tmp_path / "te.safetensors", format="diffusers", state_dict=sd))
+    before = own.text_encoder.get_submodule(name).weight.clone()
+    adapters.activate_set([("te", 1.0)])
+    on = bare_call(own)
+    adapters.activate_set([("te", 0.0)])
+    assert torch.equal(own.text_encoder.get_submodule(name).weight, before)
+    assert np.array_equal(bare_call(own), bare_call(bare_pipe))
+    assert not np.array_equal(on, bare_call(bare_pipe))
+
+
+def test_backup_holds_one_copy_of_each_touched_weight(engine):
+    touched = {d.key for deltas in engine.adapters._deltas.values() for d in deltas}
+    modules = dict(engine.pipe.transformer.named_modules())
+    expected = sum(modules[m].weight.numel() * modules[m].weight.element_size() for _, m in touched)
+    assert engine.adapters.backup_bytes() == {"device": 0, "host": expected}  # CPU engine: host memory
+
+
+def test_backup_setting_is_validated():
+    with pytest.raises(ValueError):
+        make_settings(fused_backup="gpu")

@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
                 raise
         if eng.is_demo:
             logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
+        await asyncio.to_thread(eng.warm_up)  # torch.compile: every expected size, before /ready says 200
         worker = Worker(eng, settings.queue_size, metrics)
         worker.start()
         metrics.bind(worker, eng)

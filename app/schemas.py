@@ -12,12 +12,21 @@ from __future__ import annotations
 import json
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines.errors import InvalidRequest
 from pipelines.types import GenerationRequest
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+class LoraStrength(BaseModel):
+    """One registered LoRA (GET /api/loras) and its strength for this request."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(description="A registered LoRA's name (GET /api/loras); never a path.")
+    scale: float = Field(description="Strength 0..2 (0: listed but off).")
 
 
 class GenerateParams(BaseModel):
@@ -36,6 +45,23 @@ class GenerateParams(BaseModel):
     seed: int | None = Field(default=None, description="Default: random (always reported back).")
     num_inference_steps: int | None = Field(default=None, ge=1, description="Default: the task's or the model's.")
     guidance_scale: float | None = Field(default=None, description="0..20; default: the task's or the model's.")
+    loras: list[LoraStrength] | None = Field(
+        default=None, description="Several LoRAs at once: strengths of registered LoRAs by name, e.g. "
+        "[{\"name\": \"host_person\", \"scale\": 0.7}, {\"name\": \"film_look\", \"scale\": 0.4}]; a task's "
+        "LoRA gets the new strength, others are added. In a form: the same list as a JSON string. "
+        "Needs use_model_manager=true.")
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _json_in_form(cls, value: object) -> object:
+        """A form field carries text: accept the list as a JSON string there."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"`loras` must be a JSON list like [{{\"name\": \"host_person\", "
+                                 f"\"scale\": 0.7}}]: {exc}") from None
+        return value
 
     def to_request(self, task_names: list[str], lora_tasks: list[str]) -> GenerationRequest:
         """Apply the ``use_model_manager`` rules; never ignore a field silently."""
@@ -50,6 +76,10 @@ class GenerateParams(BaseModel):
                     f"`task` was {self.task!r} but `use_model_manager` is false, so the task would be ignored; send "
                     f"`use_model_manager=true` to use the task's LoRA, or drop `task` for the base model",
                     param="task")
+            if self.loras is not None:
+                raise InvalidRequest(
+                    "`loras` was given but `use_model_manager` is false (base model, no LoRA), so it would have no "
+                    "effect; send `use_model_manager=true` with a `task`, or drop it", param="loras")
             if self.lora_alpha is not None:
                 raise InvalidRequest(
                     "`lora_alpha` was given but `use_model_manager` is false (base model, no LoRA), so it would have "
@@ -58,7 +88,8 @@ class GenerateParams(BaseModel):
         return GenerationRequest(
             prompt=self.prompt, task=self.task if self.use_model_manager else None, lora_alpha=self.lora_alpha,
             width=self.width, height=self.height, num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale, seed=self.seed)
+            guidance_scale=self.guidance_scale, seed=self.seed,
+            loras=tuple((x.name, x.scale) for x in self.loras) if self.loras is not None else None)
 
 
 async def read_params(request: Request) -> GenerateParams:

@@ -25,7 +25,7 @@ router = APIRouter()
 #: every header a browser script may read (CORS ``expose_headers``)
 RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Lora-Scale", "X-Seed", "X-Steps",
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
-                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "Retry-After"]
+                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Loras", "Retry-After"]
 
 _ERRORS = {code: {"description": text, "content": {"application/json": {"schema": error_envelope_schema()}}}
            for code, text in [(401, "API key missing or wrong"), (413, "body too large"),
@@ -54,6 +54,8 @@ def result_headers(job: Job) -> dict[str, str]:
         # ensure_ascii: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not
         "X-Prompt-Warnings": json.dumps(info.warnings, ensure_ascii=True),
         "X-Job-Id": job.id,
+        # every LoRA of the image (several per request): [{"name", "scale"}]
+        "X-Loras": json.dumps([{"name": x["name"], "scale": x["scale"]} for x in info.loras], ensure_ascii=True),
     }
 
 

@@ -16,6 +16,8 @@ from tests.engine_helpers import bare_call, fresh_bare_pipe, pixels, request
 
 DEMO_LORA = "lora/host_person"
 MAX_PIXEL_DIFF_VS_PEFT = 2
+# the session PEFT engine holds several adapters in one model on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
@@ -125,3 +127,40 @@ def test_backup_holds_one_copy_of_each_touched_weight(engine):
 def test_backup_setting_is_validated():
     with pytest.raises(ValueError):
         make_settings(fused_backup="gpu")
+
+
+@pytest.mark.parametrize("config", [
+    dict(r=4, lora_alpha=8),
+    dict(r=4, lora_alpha=8, use_rslora=True),
+    dict(r=4, lora_alpha=8, rank_pattern={"b": 2}, alpha_pattern={"b": 3}),
+], ids=["alpha_over_r", "rslora", "patterns"])
+def test_module_scale_equals_peft_own_scaling(config):
+    """The number the fused strategy multiplies by is the number PEFT's layers use."""
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from pipelines.lora_files import LoraWeights
+    from pipelines.lora_scale import module_scale
+
+    model = torch.nn.Module()
+    model.a, model.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    inject_adapter_in_model(LoraConfig(target_modules=["a", "b"], **config), model)
+    lora = LoraWeights(path=None, format="peft", state_dict={}, config=dict(config))
+    for name in ("a", "b"):
+        layer = getattr(model, name)
+        assert isinstance(layer, LoraLayer)
+        rank = layer.r["default"]
+        assert module_scale(lora, name, rank) == pytest.approx(layer.scaling["default"], rel=1e-12)
+
+
+def test_kohya_lora_fused_matches_peft_within_two_levels(engine, peft_engine, tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.test_engine_exactness import _kohya_flux_lora
+
+    kohya, _ = _kohya_flux_lora(engine.pipe.transformer, seed=21)
+    save_file(kohya, str(tmp_path / "style_kohya.safetensors"))
+    req = request(lora_path=str(tmp_path / "style_kohya.safetensors"), lora_alpha=0.8)
+    fused, peft = pixels(engine.generate(req)), pixels(peft_engine.generate(req))
+    assert _max_diff(fused, peft) <= MAX_PIXEL_DIFF_VS_PEFT

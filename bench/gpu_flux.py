@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     command = " ".join(shlex.quote(a) for a in ["python", "bench/gpu_flux.py", *(argv if argv is not None else sys.argv[1:])])
     lines = [f"{'Tiny architecture (--tiny smoke run)' if args.tiny else 'FLUX.1-dev architecture'}, random weights, "
-             f"{gpu}, {str(dtype).removeprefix('torch.')}, torch {torch.__version__}; transformer {params:.2f} B "
-             f"parameters; {args.size}x{args.size}, {args.steps} steps, batch 1, text encoders and VAE included; "
+             f"{gpu}, {str(dtype).removeprefix('torch.')}, torch {torch.__version__}; transformer "
+             f"{f'{params:.2f} B' if params >= 0.1 else f'{params * 1e3:.2f} M'} parameters; {args.size}x{args.size}, {args.steps} steps, batch 1, text encoders and VAE included; "
              f"two rank-{args.rank} LoRAs on {n_targets} weights (attention + feed-forward); built in {built_s:.0f}s, "
              f"whole run {total_s:.0f}s.", f"Command: `{command}`", "",
              "| mode | s/image (LoRA active) | task switch (ms) | strength change (ms) | compilations after warm-up "
@@ -262,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("")
     lines.append(f"Fused backup: {backup['device'] / 2**30:.2f} GiB on the device, {backup['host'] / 2**30:.2f} GiB "
                  "on the host." + (f" torch.compile warm-up (first 1-step call at {args.size}x{args.size}): cold "
-                                   f"{compile_cold:.1f}s, again after `torch._dynamo.reset()` with the inductor cache "
-                                   f"filled {compile_warm:.1f}s (same process)." if compile_cold is not None else ""))
+                                   f"{compile_cold:.1f}s, again after `torch._dynamo.reset()` {compile_warm:.1f}s (same process; "
+                                   + ("inductor's cache filled)." if backend == "inductor" else
+                                      f"backend {backend}: Dynamo tracing only, no inductor cache).")
+                                   if compile_cold is not None else ""))
     table = "\n".join(lines)
     print(table)
     if docs:

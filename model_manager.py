@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Iterator
 
 from pipelines.engine import FluxEngine
-from pipelines.settings import Settings
+from pipelines.settings import Settings, load_settings
 from pipelines.types import GenerationRequest, GenerationResult, ProgressCallback
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class ModelManager:
     """Task -> (LoRA, strength, prompt template) on top of one shared :class:`FluxEngine`."""
 
     def __init__(self, settings: Settings | None = None, *, engine: FluxEngine | None = None) -> None:
-        self.settings = settings or (engine.settings if engine else Settings())
+        self.settings = settings or (engine.settings if engine else load_settings())
         self.engine = engine or FluxEngine.from_settings(self.settings)
         self.last_result: GenerationResult | None = None
 

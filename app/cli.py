@@ -18,14 +18,14 @@ logger = logging.getLogger("flux_service.cli")
 
 
 def _settings(args):
-    from pipelines.settings import Settings
+    from pipelines.settings import load_settings
 
     overrides = {}
     for field in ("model_path", "model_type", "tasks_file", "device", "dtype"):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
-    return Settings(**overrides)
+    return load_settings(**overrides)  # a bad FLUX_* value: one `error (config_error): FLUX_X: ...` line
 
 
 def _engine(args):
@@ -238,12 +238,14 @@ def cmd_tasks(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from app.http_guard import server_options
     from app.main import create_app
 
     settings = _settings(args).model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port))
                                                   if v is not None})
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None)
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                **server_options(settings))  # header/body timeouts, connection limit (app/http_guard.py)
     return 0
 
 

@@ -13,9 +13,10 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pipelines.errors import (
     AdapterError,
@@ -53,6 +54,12 @@ class Unauthorized(FluxServiceError):
     type = "unauthorized"
 
 
+class Forbidden(FluxServiceError):
+    """A browser request from a web origin the service does not allow (``app/origin_guard.py``)."""
+
+    type = "forbidden_origin"
+
+
 class PayloadTooLarge(FluxServiceError):
     type = "payload_too_large"
 
@@ -71,6 +78,7 @@ _STATUS: list[tuple[type[FluxServiceError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (PayloadTooLarge, 413),
     (Overloaded, 503),
     (OutOfMemory, 503),
@@ -133,7 +141,7 @@ def _validation_response(errors: list) -> JSONResponse:
     return JSONResponse(envelope("invalid_request", message, param), status_code=422)
 
 
-_HTTP_TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+_HTTP_TYPES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large"}
 
 
@@ -154,6 +162,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "no such route; see /docs for the API"
         return JSONResponse(envelope(type_, message), status_code=exc.status_code, headers=exc.headers)
 
+    async def on_client_disconnect(req: Request, _exc: ClientDisconnect) -> Response:
+        # the client left (or was cut off by FLUX_BODY_TIMEOUT_S) before its body was read: not our error
+        logger.info("client disconnected before its request body was read (%s %s)", req.method, req.url.path)
+        return Response(status_code=400)  # never delivered: the connection is gone
+
     async def on_unexpected(_req: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error while serving a request")
         return JSONResponse(envelope("internal_error", "internal server error; the log has the details"),
@@ -163,4 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ValidationError, on_pydantic_validation)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

@@ -3,7 +3,7 @@
 Why a factory and no module-level app or settings: tests and benchmarks build apps with their own settings
 (and share one engine between them); importing this module must not read the environment or load a model.
 ``uvicorn app.main:app`` still works: the module-level ``__getattr__`` builds the app on first access with
-``Settings()`` from the environment. ``flux-service serve`` calls ``create_app(Settings())`` itself.
+settings from the environment (a bad value: one line naming the ``FLUX_*`` variable, exit code 3). ``flux-service serve`` calls ``create_app(Settings())`` itself.
 
 Lifespan (FastAPI's replacement for ``on_event``): start-up loads the model and every task LoRA (a bad
 configuration stops start-up with the engine's message naming the file), then starts the worker; shutdown
@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from pipelines.errors import FluxServiceError
-from pipelines.settings import Settings
+from pipelines.errors import ConfigError, FluxServiceError
+from pipelines.settings import Settings, load_settings
 
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
 from .jobs import JobStore
 from .metrics import Metrics
+from .origin_guard import OriginGuard
 from .routes import generate, jobs, meta, test_hooks
 from .routes.docs import install_docs
 from .routes.page import install_page
@@ -50,7 +52,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     Parameter limits (sizes, steps, prompt length) are enforced by ``engine.plan`` with the engine's own
     settings; they are this ``settings`` object unless a caller passes an engine built with other settings.
     """
-    settings = settings if settings is not None else Settings()
+    settings = settings if settings is not None else _settings_from_environment()
     metrics = Metrics()
 
     @asynccontextmanager
@@ -109,7 +111,19 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"],
                            expose_headers=generate.RESULT_HEADERS + ["Location"])
+    app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # outermost: 403 before any work
     return app
+
+
+def _settings_from_environment() -> Settings:
+    """The uvicorn entry points (``uvicorn app.main:app``, ``uvicorn --factory app.main:create_app``) read
+    the environment here. A bad ``FLUX_*`` value prints one line naming the variable and exits with
+    uvicorn's start-up failure code (3), instead of a pydantic traceback through uvicorn's loader."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"error ({exc.type}): {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
 
 
 def _ensure_log_output() -> None:

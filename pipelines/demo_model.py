@@ -9,16 +9,23 @@ image takes seconds on a CPU. It is saved in the diffusers folder layout and loa
 
 The folder it writes mirrors ``models/``::
 
-    <cache>/demo-v2-<libs>/flux1-dev/...                       diffusers pipeline folder
-    <cache>/demo-v2-<libs>/lora/host_person/pytorch_lora_weights.safetensors    diffusers layout
-    <cache>/demo-v2-<libs>/lora/host_person/adapter_model.safetensors           PEFT layout
-    <cache>/demo-v2-<libs>/lora/host_person/adapter_config.json                 (lora_alpha != r)
+    <cache>/demo-v3-<libs>/flux1-dev/...                       diffusers pipeline folder
+    <cache>/demo-v3-<libs>/lora/host_person/pytorch_lora_weights.safetensors    diffusers layout
+    <cache>/demo-v3-<libs>/lora/host_person/adapter_model.safetensors           PEFT layout
+    <cache>/demo-v3-<libs>/lora/host_person/adapter_config.json                 (lora_alpha != r)
+    <cache>/demo-v3-<libs>/MANIFEST.json     size + sha256 of every file above, written when built
+    <cache>/demo-v3-<libs>/COMPLETE          written last
 
 Same bytes every time: weights come from fixed seeds, files are written in a fixed order, the library
 versions that transformers/diffusers stamp into config files are removed, and the folder is built in a
 temporary directory then renamed, so concurrent first uses (a test and a server) cannot see a
 half-written model. ``<libs>`` is a short hash of the torch/diffusers/transformers versions: random
 initialisation may change between releases, so each environment gets its own, freshly built copy. It draws noise-like pictures; everything served from it is labelled ``demo``.
+
+Integrity: a flipped block in a cached weight file used to be served silently (different pixels, no
+warning). The cache is ours, so ``ensure_demo_model`` checks every file against ``MANIFEST.json`` on each
+start-up (about 1 MB to hash: milliseconds) and, on any mismatch, logs which files were wrong and rebuilds
+the cache (built aside, then swapped in; a damaged folder is the only one ever replaced).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 #: bump when the demo model's bytes change, so old caches are not reused
-DEMO_VERSION = "demo-v2"
+DEMO_VERSION = "demo-v3"  # v3: MANIFEST.json
+MANIFEST = "MANIFEST.json"
 DEMO_LORA_RANK = 4
 DEMO_LORA_ALPHA = 8  # deliberately != rank: PEFT scales by alpha / r = 2
 #: transformer modules the demo host_person LoRA adapts (attention and feed-forward, like real FLUX LoRAs)
@@ -83,24 +91,86 @@ def _library_fingerprint() -> str:
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
-    """Build the demo model into ``cache_dir`` unless it is already there; return its models root."""
+    """Build the demo model into ``cache_dir`` unless a verified copy is there; return its models root."""
     root = demo_root(cache_dir)
+    damaged = False
     if (root / "COMPLETE").is_file():
-        return root
+        problems = verify_demo_model(root)
+        if not problems:
+            return root
+        damaged = True
+        logger.warning("DEMO MODEL CACHE DAMAGED at %s: %s. Rebuilding it (about 10 s; it is our own cache, nothing "
+                       "is downloaded)", root, "; ".join(problems))
+    else:
+        logger.warning("Building the embedded demo model (random weights) into %s: first use only", root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    logger.warning("Building the embedded demo model (random weights) into %s: first use only", root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}-", dir=root.parent))
     try:
         build_demo_model(tmp)
+        _install(tmp, root, replace_damaged=damaged)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if damaged:
+        logger.warning("demo model cache rebuilt at %s", root)
+    return root
+
+
+def _install(tmp: Path, root: Path, *, replace_damaged: bool) -> None:
+    """Rename the freshly built ``tmp`` to ``root`` atomically. A damaged ``root`` is first moved aside (never
+    edited in place, so a process still reading it sees whole files); if another process installed a good
+    copy meanwhile, keep theirs."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{root.name}.damaged-", dir=root.parent)) if replace_damaged else None
+    try:
+        if aside is not None:
+            try:
+                os.rename(root, aside / root.name)
+            except FileNotFoundError:
+                pass
         try:
             os.rename(tmp, root)
         except OSError:
-            if not (root / "COMPLETE").is_file():  # lost a race to a half-built folder: take its place
-                shutil.rmtree(root, ignore_errors=True)
-                os.rename(tmp, root)
+            if (root / "COMPLETE").is_file() and not verify_demo_model(root):
+                return  # another process won the race with a good copy
+            shutil.rmtree(root, ignore_errors=True)  # a half-built or damaged folder: take its place
+            os.rename(tmp, root)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def verify_demo_model(root: Path) -> list[str]:
+    """What differs from ``MANIFEST.json`` (missing, resized or changed files); empty when intact."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{MANIFEST} is missing or unreadable ({type(exc).__name__})"]
+    problems = []
+    for rel, want in sorted(manifest.items()):
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif path.stat().st_size != want["bytes"]:
+            problems.append(f"{rel} has {path.stat().st_size} bytes, {want['bytes']} expected")
+        elif _sha256(path) != want["sha256"]:
+            problems.append(f"{rel} does not match its sha256 (content changed)")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(root: Path) -> None:
+    files = {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST, "COMPLETE")}
+    (root / MANIFEST).write_text(json.dumps({"version": DEMO_VERSION, "files": files}, indent=2, sort_keys=True)
+                                 + "\n", encoding="utf-8")
 
 
 def build_demo_model(root: Path) -> None:
@@ -116,6 +186,7 @@ def build_demo_model(root: Path) -> None:
         "Point FLUX_MODEL_PATH at real FLUX.1-dev weights for real images.\n",
         encoding="utf-8",
     )
+    _write_manifest(root)
     (root / "COMPLETE").write_text(DEMO_VERSION + "\n", encoding="utf-8")
 
 

@@ -26,7 +26,7 @@ from .lora_registry import ActiveLora, lora_file_sha256, plan_loras, target_patt
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
 from .prompt_check import check_prompt
 from .quantize import check_quantize
-from .settings import Settings
+from .settings import Settings, load_settings
 from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskConfig, TaskTable, load_task_table
 from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
 
@@ -106,7 +106,7 @@ class FluxEngine:
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, model_path: str | Path | None = None,
                       with_tasks: bool = True, default_path_means_demo: bool = False) -> "FluxEngine":
-        settings = settings or Settings()
+        settings = settings or load_settings()
         tasks = load_task_table(settings.resolved_tasks_file()) if with_tasks else None
         source = resolve_model_source(settings, model_path, default_path_means_demo=default_path_means_demo)
         device, dtype = pick_device(settings)
@@ -118,9 +118,9 @@ class FluxEngine:
         if compile_on:
             engine.enable_compile()
         logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident (%s strategy%s), %.1fs%s",
-                    source.label, source.model_type, device, str(dtype).removeprefix("torch."),
-                    len(engine.tasks.tasks), len(engine._resident), engine.adapter_strategy,
-                    f", torch.compile {settings.compile_backend}" if compile_on else "",
+                    "demo" if source.demo else source.path, source.model_type, device,
+                    str(dtype).removeprefix("torch."), len(engine.tasks.tasks), len(engine._resident),
+                    engine.adapter_strategy, f", torch.compile {settings.compile_backend}" if compile_on else "",
                     time.perf_counter() - started, "  [DEMO MODEL: random weights]" if source.demo else "")
         return engine
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .engine import FluxEngine
-from .settings import ModelType, Settings
+from .settings import ModelType, Settings, load_settings
 from .types import GenerationRequest, GenerationResult, ProgressCallback
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class FluxPipeline:
     def __init__(self, model_path: str | Path = "models/flux1-dev", model_type: ModelType = "flux1", *,
                  device: str | None = None, dtype: str | None = None, settings: Settings | None = None) -> None:
-        base = settings or Settings()
+        base = settings or load_settings()
         updates: dict = {"model_type": model_type}
         if device is not None:
             updates["device"] = device

@@ -7,13 +7,13 @@ and ``models/flux1-dev`` is absent, and then it is announced with a warning log 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .demo_model import ensure_demo_model
 from .errors import ModelUnavailable
+from .model_check import check_model_folder
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,13 +34,30 @@ class ModelSource:
 
     @property
     def label(self) -> str:
-        return "demo" if self.demo else str(self.path)
+        """The model as clients see it (``/api/tasks``, job info, PNG metadata): ``demo``, the folder relative
+        to the models folder (``flux1-dev``), or only the folder's name when it lies outside. Never an absolute
+        path: it tells a client where the server keeps its files (and often the user name). Logs show the path."""
+        if self.demo:
+            return "demo"
+        try:
+            rel = self.path.resolve().relative_to(self.models_root.resolve()).as_posix()
+        except (ValueError, OSError):
+            rel = ""
+        return rel if rel not in ("", ".") else self.path.resolve().name
 
 
 def download_hint(model_type: str, path: Path | str) -> str:
     _, repo, _, _ = MODEL_TYPES[model_type]
     return (f"download the weights with `huggingface-cli download {repo} --local-dir {path}` "
             f"(accept the licence on the model page first), or set FLUX_MODEL_PATH to an existing folder")
+
+
+def repair_hint(source: ModelSource) -> str:
+    """How to fix a damaged model folder: ours (the demo cache) is rebuilt; the user's is downloaded again."""
+    if source.demo:
+        return (f"the embedded demo model cache {source.models_root} is damaged; delete that folder and start "
+                "again: it is rebuilt in seconds (nothing is downloaded)")
+    return download_hint(source.model_type, source.path)
 
 
 def resolve_model_source(settings: Settings, model_path: Path | str | None = None,
@@ -85,16 +102,7 @@ def load_pipeline(source: ModelSource, device: str, dtype):
     """``diffusers.FluxPipeline.from_pretrained`` from a local folder; never reaches a hub."""
     from diffusers import FluxPipeline
 
-    index = source.path / "model_index.json"
-    if not index.is_file():
-        raise ModelUnavailable(f"{source.path} is not a diffusers pipeline folder (no model_index.json): "
-                               + download_hint(source.model_type, source.path))
-    try:
-        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    except json.JSONDecodeError as exc:
-        raise ModelUnavailable(f"{index} is not valid JSON ({exc})") from None
-    if cls != "FluxPipeline":
-        raise ModelUnavailable(f"{source.path} holds a {cls}, not a FluxPipeline (FLUX.1-dev/schnell layout expected)")
+    check_model_folder(source.path, repair_hint(source))  # names a missing/truncated file before diffusers does
     try:
         pipe = FluxPipeline.from_pretrained(str(source.path), torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as exc:

@@ -8,13 +8,40 @@ chain (``app -> model_manager -> pipelines``), so every layer can import it with
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from .errors import ConfigError
 
 ModelType = Literal["flux1", "flux1-schnell"]
+ENV_PREFIX = "FLUX_"
+
+
+def _split_commas(value: object) -> object:
+    """``a,b`` (the documented form) or a JSON list ``["a","b"]``; a list passed from Python stays as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"starts with `[` but is not a JSON list ({exc.msg} at character {exc.pos}); "
+                             "write `a,b` or `[\"a\",\"b\"]`") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+#: A list-valued setting. Why ``NoDecode``: pydantic-settings JSON-decodes every list field it reads from
+#: the environment or ``.env`` *before* any validator runs, so the documented ``FLUX_X=a,b`` died with a
+#: ``SettingsError``; ``NoDecode`` hands the raw string to ``_split_commas``, which accepts both forms.
+#: Every list-valued setting must use this type.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 
 def _default_cache_dir() -> Path:
@@ -62,7 +89,7 @@ class Settings(BaseSettings):
     compile_cache_dir: Path = Field(
         default_factory=lambda: _default_cache_dir() / "inductor",
         description="Inductor's cache (TORCHINDUCTOR_CACHE_DIR): a restart reuses compiled kernels.")
-    compile_warmup_sizes: Annotated[list[str], NoDecode] = Field(
+    compile_warmup_sizes: CommaList = Field(
         default_factory=list, description="WIDTHxHEIGHT sizes compiled before /ready (comma-separated); "
         "empty: every size of the task table.")
     quantize: Literal["none", "fp8"] = Field(
@@ -71,8 +98,12 @@ class Settings(BaseSettings):
     # --- HTTP service -------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
-    api_key: str | None = Field(default=None, description="When set, /api/* requires `Authorization: Bearer <key>`.")
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) allowed to call the API from a browser, comma-separated; "
+                    "requests from any other Origin are refused with 403. `*`: any origin.")
+    api_key: str | None = Field(default=None, description="When set, /api/* requires `Authorization: Bearer <key>`; "
+                                "set but empty is a start-up error.")
     queue_size: int = Field(default=16, ge=1, description="Requests waiting for the GPU before 503.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="Deadline per request, queue wait included.")
     min_size: int = Field(default=256, ge=16)
@@ -83,30 +114,78 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="How long SIGTERM waits for running work.")
     job_ttl_s: float = Field(default=3600.0, gt=0, description="How long finished jobs are kept.")
     max_jobs_kept: int = Field(default=100, ge=1, description="How many finished jobs are kept at most.")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A client must finish sending a request's headers within this (then the "
+                                        "connection is closed); also bounds a connection that sends nothing.")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A client must finish sending a request's body within this after its "
+                                        "headers, else 408.")
+    max_connections: int = Field(
+        default=200, ge=1, description="Open connections served at once; a request on a connection beyond it gets "
+                                       "503 + Retry-After.")
     enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        """Browsers send ``scheme://host[:port]`` with no path; a trailing ``/`` would never match, so drop it."""
+        out = []
+        for origin in origins:
+            origin = origin.strip().rstrip("/")
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], e.g. http://a.example:8080")
+            out.append(origin.lower())
+        return out
 
-    @field_validator("compile_warmup_sizes", mode="before")
+    @field_validator("api_key")
     @classmethod
-    def _split_sizes(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list):
-            for v in value:
-                w, _, h = str(v).lower().partition("x")
-                if not (w.isdigit() and h.isdigit()):
-                    raise ValueError(f"sizes are WIDTHxHEIGHT, e.g. 1024x1024; got {v!r}")
-            return [str(v).lower() for v in value]
-        return value
+    def _no_empty_key(cls, key: str | None) -> str | None:
+        """``FLUX_API_KEY=`` looks like "a key is required" but would leave the service open: refuse it."""
+        if key is not None and not key.strip():
+            raise ValueError("is set but empty, which would leave the API open; set a key, or unset the variable "
+                             "to run without one")
+        return key
+
+    @field_validator("compile_warmup_sizes")
+    @classmethod
+    def _check_sizes(cls, sizes: list[str]) -> list[str]:
+        for v in sizes:
+            w, _, h = v.lower().partition("x")
+            if not (w.isdigit() and h.isdigit()):
+                raise ValueError(f"sizes are WIDTHxHEIGHT, e.g. 1024x1024; got {v!r}")
+        return [v.lower() for v in sizes]
 
     def warmup_sizes(self) -> list[tuple[int, int]]:
         return [tuple(int(x) for x in v.split("x")) for v in self.compile_warmup_sizes]  # type: ignore[misc]
 
     def resolved_tasks_file(self) -> Path:
         return self.tasks_file if self.tasks_file is not None else self.models_dir / "tasks.toml"
+
+
+def load_settings(**overrides) -> Settings:
+    """``Settings(**overrides)`` from the environment and ``.env``, with a bad value reported as one
+    ``ConfigError`` line naming the variable (``FLUX_PORT: ...``) instead of a pydantic traceback."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(settings_error_message(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(settings_error_message(exc)) from None
+
+
+def settings_error_message(exc: Exception) -> str:
+    """One line per bad setting, named as users write it (``FLUX_X``). Values of secrets are not echoed."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False):
+            field = str(err["loc"][0]) if err.get("loc") else ""
+            name = ENV_PREFIX + field.upper() if field else "settings"
+            got = ""
+            if field != "api_key" and "input" in err and isinstance(err["input"], (str, int, float)):
+                got = f" (got {err['input']!r})"
+            msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+            parts.append(f"{name}: {msg}{got}")
+        return "invalid setting: " + "; ".join(parts)
+    match = re.search(r'field "([^"]+)"', str(exc))
+    name = ENV_PREFIX + match.group(1).upper() if match else "a FLUX_* setting"
+    return f"invalid setting: {name}: the value does not parse ({exc})"

@@ -45,7 +45,8 @@ def _free_port() -> int:
 
 
 class LiveServer:
-    """``python -m uvicorn app.main:create_app --factory`` on a free port, configured by environment."""
+    """``python -m uvicorn app.main:create_app --factory --http app.http_guard:GuardedH11Protocol`` on a free
+    port, configured by environment."""
 
     def __init__(self, target: str = "app.main:create_app", factory: bool = True, **env: str) -> None:
         self.port = _free_port()
@@ -56,7 +57,8 @@ class LiveServer:
         full_env.update(env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []), "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "info"],
+             "--port", str(self.port), "--log-level", "info",
+             "--http", "app.http_guard:GuardedH11Protocol"],  # slow-client limits, as docs/http-api.md says
             cwd=ROOT, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         self._wait_ready()
 

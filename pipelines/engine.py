@@ -22,12 +22,12 @@ from .compile import CompileCounter, compile_transformer, should_compile
 from .errors import AdapterError, ConfigError, InvalidRequest, OutOfMemory
 from .fused_adapters import FusedAdapters
 from .lora_files import read_lora, resolve_weights_file
-from .lora_registry import ActiveLora, lora_file_sha256, plan_loras, target_patterns
+from .lora_registry import ActiveLora, describe_loras, lora_file_sha256, plan_loras
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
 from .prompt_check import check_prompt
 from .quantize import check_quantize
 from .settings import Settings, load_settings
-from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskConfig, TaskTable, load_task_table
+from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskTable, load_task_table
 from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
 
 logger = logging.getLogger(__name__)
@@ -392,21 +392,7 @@ class FluxEngine:
 
     def lora_infos(self) -> list[dict]:
         """Every registered LoRA as clients see it (``GET /api/loras``): no absolute paths."""
-        used: dict[str, list[str]] = {}
-        for t in self.tasks.tasks.values():
-            for n, _ in t.loras:
-                used.setdefault(n, []).append(t.name)
-        out = []
-        for name, adapter in self._named.items():
-            entry = self.tasks.loras.get(name)
-            out.append({
-                "name": name, "description": entry.description if entry else "",
-                "path": entry.path if entry else adapter.file.name, "file": adapter.file.name,
-                "format": adapter.format, "sha256": adapter.sha256, "rank": adapter.rank, "alpha": adapter.alpha,
-                "layers": len(adapter.modules), "targets": target_patterns(adapter.modules),
-                "tasks": used.get(name, []),
-            })
-        return out
+        return describe_loras(self._named, self.tasks)
 
     def inject_fault_once(self, fault: BaseException) -> None:
         """Test hook: raise ``fault`` from inside the next denoising step (e.g. a torch.OutOfMemoryError)."""

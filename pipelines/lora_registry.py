@@ -116,3 +116,22 @@ def plan_loras(*, registry: dict, base: list[tuple[str, object, float]], task_na
         raise InvalidRequest(f"`loras`: at most {MAX_LORAS_PER_REQUEST} LoRAs per request, got {len(chosen)}",
                              param="loras")
     return tuple(ActiveLora(name=n, adapter=a, scale=s) for n, (a, s) in chosen.items())
+
+
+def describe_loras(named: dict, table) -> list[dict]:
+    """Registered name -> resident adapter, as clients see it: name, relative path, hash, rank, targets, tasks."""
+    used: dict[str, list[str]] = {}
+    for t in table.tasks.values():
+        for n, _ in t.loras:
+            used.setdefault(n, []).append(t.name)
+    out = []
+    for name, adapter in named.items():
+        entry = table.loras.get(name)
+        out.append({
+            "name": name, "description": entry.description if entry else "",
+            "path": entry.path if entry else adapter.file.name, "file": adapter.file.name,
+            "format": adapter.format, "sha256": adapter.sha256, "rank": adapter.rank, "alpha": adapter.alpha,
+            "layers": len(adapter.modules), "targets": target_patterns(adapter.modules),
+            "tasks": used.get(name, []),
+        })
+    return out

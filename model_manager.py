@@ -93,13 +93,16 @@ class ModelManager:
     def generate_result(self, task: str, prompt: str, width: int | None = None, height: int | None = None, *,
                         lora_alpha: float | None = None, seed: int | None = None,
                         num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                        loras=None, progress: ProgressCallback | None = None) -> GenerationResult:
-        """``loras``: {name: scale}, [(name, scale)] or [{"name", "scale"}] of LoRAs registered in the task table."""
+                        loras=None, translate: str | None = None,
+                        progress: ProgressCallback | None = None) -> GenerationResult:
+        """``loras``: {name: scale}, [(name, scale)] or [{"name", "scale"}] of LoRAs registered in the task table.
+        ``translate``: "auto" (default), "glossary" or "off": what happens to a Chinese prompt before the
+        text encoders read it (see docs/lora-guide.en.md); the result's info says what was sent."""
         from pipelines.lora_registry import normalise_request_loras
 
         req = GenerationRequest(prompt=prompt, task=task, lora_alpha=lora_alpha, width=width, height=height,
                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                                loras=normalise_request_loras(loras))
+                                loras=normalise_request_loras(loras), translate=translate)
         self.last_result = self.engine.generate(req, progress=progress)
         return self.last_result
 

@@ -60,7 +60,7 @@ def _request(args, **overrides):
 
     fields = dict(prompt=args.prompt, task=args.task, lora_alpha=args.lora_alpha, width=args.width,
                   height=args.height, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                  loras=tuple(args.lora) if getattr(args, "lora", None) else None)
+                  loras=tuple(args.lora) if getattr(args, "lora", None) else None, translate=args.translate)
     fields.update(overrides)
     return GenerationRequest(**fields)
 
@@ -84,6 +84,10 @@ def _print_info(info, path: Path) -> None:
     print(f"saved {path}  task={info.task or '-'}  LoRA: {lora}  seed={info.seed}  {info.width}x{info.height}  "
           f"steps={info.num_inference_steps}  guidance={info.guidance_scale:g}  {info.timings.get('total_s', 0):.2f}s"
           + ("  [DEMO MODEL]" if info.demo else ""))
+    if info.prompt != info.prompt_original:
+        print(f"prompt sent: {info.prompt}  (translate={info.translate}"
+              + (f", translator: {info.translator}" if info.translator else "")
+              + f"; T5 unknown {info.t5_unknown_before:.0%} -> {info.t5_unknown_after:.0%})")
     for w in info.warnings:
         print(f"warning: {w}", file=sys.stderr)
 
@@ -277,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--steps", type=int, help="num_inference_steps")
         sp.add_argument("--guidance", type=float, help="guidance_scale")
         sp.add_argument("--seed", type=int, help="random when omitted (always printed)")
+        sp.add_argument("--translate", choices=["auto", "glossary", "off"],
+                        help="Chinese prompts: auto = glossary, then the translation model for what T5 cannot read; "
+                             "glossary = glossary only; off = as typed (default: FLUX_TRANSLATE, auto)")
         model_opts(sp)
 
     g = sub.add_parser("generate", help="generate one image to a PNG (with a progress bar)")

@@ -10,6 +10,7 @@ Unknown fields are refused, so a client can never slip a file path (``lora_path`
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -62,6 +63,7 @@ class GenerateParams(BaseModel):
                 raise ValueError(f"`loras` must be a JSON list like [{{\"name\": \"host_person\", "
                                  f"\"scale\": 0.7}}]: {exc}") from None
         return value
+    translate: Literal["auto", "glossary", "off"] | None = Field(default=None, description="Chinese prompts: auto (glossary, then the translation model for what T5 cannot read), glossary, off (as typed); default: the server's FLUX_TRANSLATE (auto).")
 
     def to_request(self, task_names: list[str], lora_tasks: list[str]) -> GenerationRequest:
         """Apply the ``use_model_manager`` rules; never ignore a field silently."""
@@ -88,7 +90,7 @@ class GenerateParams(BaseModel):
         return GenerationRequest(
             prompt=self.prompt, task=self.task if self.use_model_manager else None, lora_alpha=self.lora_alpha,
             width=self.width, height=self.height, num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale, seed=self.seed,
+            guidance_scale=self.guidance_scale, seed=self.seed, translate=self.translate,
             loras=tuple((x.name, x.scale) for x in self.loras) if self.loras is not None else None)
 
 

@@ -26,6 +26,7 @@ from .lora_registry import ActiveLora, describe_loras, lora_file_sha256, plan_lo
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
 from .prompt_check import check_prompt
 from .quantize import check_quantize
+from .prompt_stage import TRANSLATE_MODES, PromptStage, StagedPrompt, build_prompt_stage
 from .settings import Settings, load_settings
 from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskTable, load_task_table
 from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
@@ -63,11 +64,15 @@ class Plan:
     notes: tuple[str, ...] = ()
     #: every LoRA of this generation (the task's, the request's ``loras``), in order; ``adapter`` is the first
     loras: tuple[ActiveLora, ...] = ()
+    #: the prompt stage's record (glossary, translation); ``prompt`` is its English with the task's template
+    staged: StagedPrompt | None = None
+    prompt_as_typed: str = ""  # what ``prompt`` would be with translate=off (for the before/after T5 share)
 
 
 class FluxEngine:
     def __init__(self, pipe, source: ModelSource, settings: Settings, device: str, dtype,
-                 tasks: TaskTable | None = None, adapters: AdapterStrategy | None = None) -> None:
+                 tasks: TaskTable | None = None, adapters: AdapterStrategy | None = None,
+                 prompt_stage: PromptStage | None = None) -> None:
         self.pipe = pipe
         self.source = source
         self.settings = settings
@@ -76,6 +81,8 @@ class FluxEngine:
         self.tasks = tasks or TaskTable(source=Path("<none>"))
         self.adapters: AdapterStrategy = adapters or (
             PeftAdapters(pipe) if settings.adapters == "peft" else FusedAdapters(pipe, settings.fused_backup))
+        #: glossary + optional translator, applied to every prompt before the task's template (setup once)
+        self.prompt_stage = prompt_stage or build_prompt_stage(settings, pipe.tokenizer_2, device, source.demo)
         self._resident: dict[Path, ResidentAdapter] = {}
         #: registered LoRA name ([loras.NAME] or a task's path shorthand) -> its resident adapter
         self._named: dict[str, ResidentAdapter] = {}
@@ -272,10 +279,18 @@ class FluxEngine:
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if not 0 <= seed <= MAX_SEED:
             raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}, got {seed}", param="seed")
-        prompt = task.render_prompt(req.prompt) if task else req.prompt
+        mode = req.translate if req.translate is not None else s.translate
+        if mode not in TRANSLATE_MODES:
+            raise InvalidRequest(f"`translate` must be one of {', '.join(TRANSLATE_MODES)}, got {mode!r}",
+                                 param="translate")
+        # the prompt stage runs first; trigger words and the template are added to its English, untranslated
+        staged = self.prompt_stage.apply(req.prompt, mode)
+        prompt = task.render_prompt(staged.english) if task else staged.english
+        as_typed = task.render_prompt(req.prompt) if task else req.prompt
         return Plan(prompt=prompt, task=task.name if task else None, adapter=adapter, lora_scale=scale if adapter else 0.0,
                     width=width, height=height, num_inference_steps=steps, guidance_scale=float(guidance),
-                    seed=seed, notes=tuple(notes), loras=loras)
+                    seed=seed, notes=tuple(notes) + staged.notes, staged=staged, prompt_as_typed=as_typed,
+                    loras=loras)
 
     def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
         """Make one image. ``progress(step, total)`` may raise Cancelled/DeadlineExceeded to stop it."""
@@ -286,6 +301,12 @@ class FluxEngine:
             report = check_prompt(self.pipe.tokenizer, self.pipe.tokenizer_2, plan.prompt,
                                   self.settings.max_sequence_length)
             warnings = list(plan.notes) + report.warnings
+            unknown_before = report.t5_unknown_fraction
+            if plan.prompt_as_typed != plan.prompt:
+                unknown_before = check_prompt(self.pipe.tokenizer, self.pipe.tokenizer_2, plan.prompt_as_typed,
+                                              self.settings.max_sequence_length).t5_unknown_fraction
+            for note in plan.staged.notes:
+                logger.warning("prompt: %s", note)
             if self.is_demo:
                 warnings.append("demo model: random weights, noise-like picture; set FLUX_MODEL_PATH for real images")
             for w in report.warnings:
@@ -361,6 +382,16 @@ class FluxEngine:
             adapter_strategy=self.adapter_strategy,
             compiled=self.compiled,
             compilations=self.compilations.total,
+            translate=plan.staged.mode,
+            prompt_original=plan.staged.original,
+            prompt_english=plan.staged.english,
+            glossary_terms=[list(t) for t in plan.staged.glossary_terms],
+            translated=[list(t) for t in plan.staged.translated],
+            translator=plan.staged.translator,
+            prompt_clip=report.clip_text,
+            prompt_t5=report.t5_text,
+            t5_unknown_before=round(unknown_before, 4),
+            t5_unknown_after=round(report.t5_unknown_fraction, 4),
         )
         lora = (f"{info.adapter_file} (adapter={info.adapter_name}, alpha={info.lora_scale:g})"
                 if info.adapter_name and info.lora_scale else

@@ -45,10 +45,13 @@ class FluxPipeline:
     def generate_result(self, prompt: str, lora_path: str | Path | None = None, lora_alpha: float | None = None,
                         width: int = 1024, height: int = 1024, num_inference_steps: int | None = None,
                         guidance_scale: float | None = None, seed: int | None = None,
+                        translate: str | None = None,
                         progress: ProgressCallback | None = None) -> GenerationResult:
+        """``translate``: "auto" (default: glossary, then the translator), "glossary" or "off" (as typed)."""
         req = GenerationRequest(prompt=prompt, lora_path=str(lora_path) if lora_path is not None else None,
                                 lora_alpha=lora_alpha, width=width, height=height,
-                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed)
+                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+                                translate=translate)
         self.last_result = self.engine.generate(req, progress=progress)
         return self.last_result
 

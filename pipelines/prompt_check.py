@@ -19,6 +19,8 @@ class PromptReport:
     t5_limit: int
     t5_unknown_fraction: float  # share of the prompt's non-space characters T5 mapped to <unk>
     warnings: list[str] = field(default_factory=list)
+    clip_text: str = ""  # the part of the prompt CLIP reads (all of it unless truncated)
+    t5_text: str = ""  # the part of the prompt T5 reads
 
 
 def _ellipsis(text: str, limit: int = 40) -> str:
@@ -32,8 +34,10 @@ def check_prompt(tokenizer_clip, tokenizer_t5, prompt: str, max_sequence_length:
     clip_limit = int(tokenizer_clip.model_max_length)
     clip = tokenizer_clip(prompt, truncation=False, return_offsets_mapping=True)
     clip_ids, clip_offsets = clip["input_ids"], clip["offset_mapping"]
+    clip_text = t5_text = prompt
     if len(clip_ids) > clip_limit:
         cut_at = clip_offsets[clip_limit - 1][0]  # the last slot holds the end token
+        clip_text = prompt[:cut_at]
         warnings.append(
             f"CLIP truncated the prompt to {clip_limit} tokens ({len(clip_ids)} needed); it does not see: "
             f"'{_ellipsis(prompt[cut_at:])}'"
@@ -43,6 +47,7 @@ def check_prompt(tokenizer_clip, tokenizer_t5, prompt: str, max_sequence_length:
     t5_ids, t5_offsets = t5["input_ids"], t5["offset_mapping"]
     if len(t5_ids) > max_sequence_length:
         cut_at = t5_offsets[max_sequence_length - 1][0]
+        t5_text = prompt[:cut_at]
         warnings.append(
             f"T5 truncated the prompt to max_sequence_length={max_sequence_length} tokens ({len(t5_ids)} "
             f"needed); it does not see: '{_ellipsis(prompt[cut_at:])}'"
@@ -69,4 +74,6 @@ def check_prompt(tokenizer_clip, tokenizer_t5, prompt: str, max_sequence_length:
         t5_limit=max_sequence_length,
         t5_unknown_fraction=fraction,
         warnings=warnings,
+        clip_text=clip_text,
+        t5_text=t5_text,
     )

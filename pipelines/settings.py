@@ -94,6 +94,18 @@ class Settings(BaseSettings):
         "empty: every size of the task table.")
     quantize: Literal["none", "fp8"] = Field(
         default="none", description="fp8: refused in this build (see docs/architecture.md).")
+    # --- prompt stage (pipelines/prompt_stage.py): glossary, then an optional local translation model ------
+    glossary_file: Path | None = Field(default=None, description="Prompt glossary; default <models_dir>/glossary.toml.")
+    translate: Literal["auto", "glossary", "off"] = Field(
+        default="auto", description="Default for a request's `translate`: auto (glossary, then the translator for "
+                                    "what T5 cannot read), glossary (glossary only), off (prompt as typed).")
+    translator_path: Path | None = Field(
+        default=None, description="Local transformers seq2seq translation folder (e.g. Helsinki-NLP/opus-mt-zh-en).")
+    translator_device: Literal["cpu", "engine"] = Field(
+        default="cpu", description="cpu (leaves GPU memory to FLUX) or engine (the FLUX device).")
+    translator_cache_size: int = Field(default=256, ge=1, description="Translations kept per text (LRU).")
+    demo_translator: bool = Field(
+        default=True, description="On the demo model with no translator_path: use the tiny random demo translator.")
 
     # --- HTTP service -------------------------------------------------------------------------------
     host: str = "127.0.0.1"

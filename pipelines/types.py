@@ -36,6 +36,8 @@ class GenerationRequest:
     #: strengths of registered LoRAs by name, ((name, scale), ...): the task's get a new strength, others are
     #: added (several LoRAs at once); names only, never paths. None: the task's LoRAs as configured.
     loras: tuple[tuple[str, float], ...] | None = None
+    #: the prompt stage (pipelines/prompt_stage.py): "auto", "glossary" or "off"; None: the FLUX_TRANSLATE default
+    translate: str | None = None
 
 
 @dataclass
@@ -64,6 +66,17 @@ class GenerationInfo:
     adapter_strategy: str = ""  # fused | peft: how the LoRAs reached the weights
     compiled: bool = False  # the transformer ran under torch.compile
     compilations: int = 0  # graphs compiled by this engine so far (grows per new image size, never per LoRA)
+    # the prompt stage (pipelines/prompt_stage.py): what the user typed and what each text encoder read
+    translate: str = "off"  # the mode used: auto, glossary or off
+    prompt_original: str = ""  # as typed
+    prompt_english: str = ""  # after glossary + translation, before the task's trigger words and template
+    glossary_terms: list[list[str]] = field(default_factory=list)  # [term, English] as applied, in order
+    translated: list[list[str]] = field(default_factory=list)  # [text, English] per run the translator handled
+    translator: str | None = None  # which translator produced ``translated``; None: none was used
+    prompt_clip: str = ""  # the text CLIP reads (``prompt`` cut where its 77-token limit cuts)
+    prompt_t5: str = ""  # the text T5 reads (``prompt`` cut at max_sequence_length tokens)
+    t5_unknown_before: float = 0.0  # share of the prompt T5 maps to <unk> if sent as typed (translate=off)
+    t5_unknown_after: float = 0.0  # ... and as actually sent
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -316,6 +316,35 @@ def test_server_error_is_shown_next_to_its_field(visit):
     expect(page.locator("#generate")).to_be_enabled()
 
 
+def test_chinese_prompt_shows_its_english_which_can_be_edited_and_sent(visit):
+    from playwright.sync_api import expect
+
+    page = visit.page
+    expect(page.locator("#task option[value=host_face]")).to_have_count(1)
+    fill_form(page, task="host_face", size=64, steps=2)
+    assert page.input_value("#translate") == "auto"
+    page.click("#generate")
+    assert wait_image(page, "#result-image") == 64
+    stage = "#prompt-stage"
+    expect(page.locator(stage)).to_be_visible()
+    assert detail(page, stage, "original") == PROMPT
+    assert "科普主持人 → science show host" in detail(page, stage, "glossary")
+    assert detail(page, stage, "unknown") == "100% → 0%"
+    english = "science show host, professional look, smiling, formal attire, TV studio background"
+    assert page.input_value("#prompt-english") == english == detail(page, stage, "t5")
+    assert detail(page, "#details", "prompt") == english
+
+    page.fill("#prompt-english", "a portrait photo of a smiling science host")
+    expect(page.locator("#generate")).to_be_enabled()  # the first run has fully finished
+    page.click("#send-english")
+    expect(page.locator(f"{stage} dd[data-key=translate]")).to_have_text("off", timeout=UI_TIMEOUT_MS)
+    assert detail(page, "#details", "prompt") == "a portrait photo of a smiling science host"
+    assert page.input_value("#prompt") == "a portrait photo of a smiling science host"
+    assert page.input_value("#translate") == "off"
+    visit.shot("browser-prompt-stage")
+    assert visit.errors == []
+
+
 def test_api_key_field_unlocks_a_protected_server(browser, keyed_server):
     from playwright.sync_api import expect
 

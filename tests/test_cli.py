@@ -34,14 +34,14 @@ def test_help_lists_every_command():
 def test_generate_writes_png_and_reports_what_was_used(tmp_path):
     target = tmp_path / "host.png"
     out = run_cli("generate", "科普主持人，专业形象，微笑", "--task", "host_face", "--seed", "7", "-o", str(target),
-                  "--json", *SMALL)
+                  "--json", "--translate", "off", *SMALL)
     assert out.returncode == 0, out.stderr
     assert Image.open(target).size == (64, 64)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert (info["task"], info["adapter_name"], info["lora_scale"], info["seed"]) == ("host_face", "host_person", 0.7, 7)
     assert info["demo"] is True
     assert "LoRA: pytorch_lora_weights.safetensors" in out.stdout
-    assert "unknown token" in out.stderr  # the Chinese-prompt warning reaches the terminal
+    assert "unknown token" in out.stderr  # the Chinese-prompt warning (sent as typed) reaches the terminal
     assert "denoising" in out.stderr  # the progress bar
 
 
@@ -118,3 +118,16 @@ def test_generate_takes_registered_lora_strengths_by_name(tmp_path):
     assert [(x["name"], x["scale"]) for x in info["loras"]] == [("host_person", 0.4)]
     bad = run_cli("generate", "a host", "--lora", "host_person", *SMALL)
     assert bad.returncode == 2 and "expected NAME=SCALE" in bad.stderr
+
+
+def test_generate_translates_by_default_and_prints_what_was_sent(tmp_path):
+    out = run_cli("generate", "科普主持人，微笑", "--seed", "7", "-o", str(tmp_path / "t.png"), "--json", *SMALL)
+    assert out.returncode == 0, out.stderr
+    assert "prompt sent: science show host, smiling  (translate=auto; T5 unknown 100% -> 0%)" in out.stdout
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["prompt_original"] == "科普主持人，微笑" and info["glossary_terms"][0] == ["科普主持人", "science show host"]
+
+
+def test_translate_accepts_only_the_three_modes():
+    out = run_cli("generate", "x", "--translate", "english")
+    assert out.returncode == 2 and "invalid choice: 'english'" in out.stderr

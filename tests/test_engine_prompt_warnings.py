@@ -44,8 +44,8 @@ def test_prompt_longer_than_max_sequence_length_warns_that_t5_truncated_it(short
     assert any("T5 truncated" in m for m in _logged(caplog))
 
 
-def test_chinese_prompt_warns_about_t5_unknown_tokens(engine, caplog):
-    result = engine.generate(request(prompt=CHINESE))
+def test_chinese_prompt_sent_as_typed_warns_about_t5_unknown_tokens(engine, caplog):
+    result = engine.generate(request(prompt=CHINESE, translate="off"))  # as typed: no glossary, no translator
     warnings = _prompt_warnings(result)
     assert len(warnings) == 1 and warnings[0].startswith("T5 mapped 100% of the prompt to its unknown token")
     assert CHINESE[:5] in warnings[0]
@@ -53,7 +53,7 @@ def test_chinese_prompt_warns_about_t5_unknown_tokens(engine, caplog):
 
 
 def test_mixed_prompt_reports_the_unknown_fraction(engine):
-    result = engine.generate(request(prompt="科普主持人 portrait photo"))  # 5 of 18 visible characters
+    result = engine.generate(request(prompt="科普主持人 portrait photo", translate="off"))  # 5 of 18 visible chars
     (warning,) = _prompt_warnings(result)
     assert warning.startswith("T5 mapped 28% of the prompt")
 

@@ -38,6 +38,12 @@ def test_model_manager_snippet_runs_verbatim(user_checkout, capsys):
     assert info.demo is True and info.model == "demo"
     assert (info.task, info.adapter_file, info.lora_scale) == ("host_face", "pytorch_lora_weights.safetensors", 0.7)
     assert any("demo model" in w for w in info.warnings)
+    # the glossary turned the users' prompt into English T5 can read (translate=auto by default)
+    assert info.prompt == "science show host, professional look, smiling, formal attire"
+    assert (info.t5_unknown_before, info.t5_unknown_after) == (1.0, 0.0)
+    manager.generate(task="host_face", prompt="科普主持人", width=256, height=256, num_inference_steps=1,
+                     translate="off")
+    assert manager.last_result.info.prompt == "科普主持人" and manager.last_result.info.translate == "off"
 
 
 def test_flux_pipeline_snippet_runs_verbatim(user_checkout):
@@ -52,3 +58,6 @@ def test_flux_pipeline_snippet_runs_verbatim(user_checkout):
     assert pipe.is_demo and info.demo is True
     assert (info.adapter_file, info.lora_scale) == ("pytorch_lora_weights.safetensors", 0.7)
     assert any("using the demo LoRA" in w for w in info.warnings)
+    assert info.prompt_original == "科普主持人，专业形象，微笑" and info.prompt == "science show host, professional look, smiling"
+    pipe.generate(prompt="科普主持人", width=256, height=256, num_inference_steps=1, translate="glossary")
+    assert pipe.last_result.info.prompt == "science show host" and pipe.last_result.info.translate == "glossary"

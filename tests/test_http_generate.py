@@ -24,7 +24,8 @@ def test_users_curl_verbatim_returns_1024_png_with_chinese_prompt_intact(server,
     assert " 200 " in headers.splitlines()[0]
     size, info = png_info((tmp_path / "host.png").read_bytes())
     assert size == (1024, 1024)
-    assert info["prompt"] == PROMPT
+    assert info["prompt_original"] == PROMPT  # as typed, intact
+    assert info["prompt"] == "science show host, professional look, smiling"  # what the encoders got (glossary)
     assert info["task"] == "host_face" and info["adapter_name"] == "host_person"
 
 
@@ -42,7 +43,7 @@ def test_response_headers_say_task_adapter_strength_seed_and_demo(client):
 
 
 def test_prompt_warnings_header_is_ascii_json_that_decodes_to_the_chinese_text(client):
-    r = client.post("/api/generate-image", data={"prompt": PROMPT, **SMALL})
+    r = client.post("/api/generate-image", data={"prompt": PROMPT, "translate": "off", **SMALL})
     assert r.status_code == 200
     raw = r.headers["x-prompt-warnings"]
     assert raw.isascii()

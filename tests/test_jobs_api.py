@@ -47,7 +47,8 @@ def test_succeeded_job_reports_what_was_used_and_serves_its_png(client):
     done = wait_status(client, job["id"], "succeeded")
     assert done["step"] == done["total"] == 2 and done["error"] is None
     assert done["info"]["adapter_name"] == "host_person" and done["info"]["lora_scale"] == 0.9
-    assert done["info"]["prompt"] == "科普主持人"
+    assert done["info"]["prompt_original"] == "科普主持人"
+    assert done["info"]["prompt"] == "science show host"  # the glossary's English (translate=auto by default)
     assert done["created_at"] <= done["started_at"] <= done["finished_at"]
     assert done["image_url"] == f"/api/jobs/{job['id']}/image"
     img = client.get(done["image_url"])

@@ -17,6 +17,7 @@ from pipelines.errors import Cancelled, DeadlineExceeded
 
 from ..deps import worker_of
 from ..job import Job
+from ..prompt_headers import PROMPT_HEADERS, prompt_headers
 from ..schemas import error_envelope_schema, request_body_openapi
 from ..submission import submit
 
@@ -25,7 +26,7 @@ router = APIRouter()
 #: every header a browser script may read (CORS ``expose_headers``)
 RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Lora-Scale", "X-Seed", "X-Steps",
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
-                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Loras", "Retry-After"]
+                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Loras", "Retry-After", *PROMPT_HEADERS]
 
 _ERRORS = {code: {"description": text, "content": {"application/json": {"schema": error_envelope_schema()}}}
            for code, text in [(401, "API key missing or wrong"), (413, "body too large"),
@@ -56,6 +57,7 @@ def result_headers(job: Job) -> dict[str, str]:
         "X-Job-Id": job.id,
         # every LoRA of the image (several per request): [{"name", "scale"}]
         "X-Loras": json.dumps([{"name": x["name"], "scale": x["scale"]} for x in info.loras], ensure_ascii=True),
+        **prompt_headers(info),  # what the prompt stage sent to each text encoder (app/prompt_headers.py)
     }
 
 

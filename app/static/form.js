@@ -4,6 +4,7 @@ import { $, fmt } from "./dom.js";
 import { api } from "./api.js";
 import { showError, showGlobal } from "./messages.js";
 import { state } from "./state.js";
+import { translateMode } from "./translate.js";
 
 export const currentTask = () => state.tasks.find((t) => t.name === $("task").value) || null;
 
@@ -88,7 +89,7 @@ export function updateButtons() {
 // Form fields for POST /api/jobs. No task -> the base model; lora_alpha only for a task that has a LoRA.
 export function readForm() {
   const t = currentTask();
-  const f = { prompt: $("prompt").value };
+  const f = { prompt: $("prompt").value, translate: translateMode() };
   if (t) {
     f.use_model_manager = "true";
     f.task = t.name;

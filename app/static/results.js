@@ -1,5 +1,6 @@
 // The result panel: one image or a with/without-LoRA pair, each with what was used to make it.
 import { $, fmt, seedOf } from "./dom.js";
+import { showPromptStage } from "./translate.js";
 
 function detailRows(job) {
   const i = job.info || {};
@@ -50,6 +51,7 @@ export function showEntry(entry) {
     $("download").href = url;
     $("download").download = `${(job.info && job.info.task) || "base"}_seed${seedOf(job)}.png`;
     renderDetails($("details"), job);
+    showPromptStage(job);
     return;
   }
   for (const [i, side] of [[0, "with"], [1, "without"]]) {

@@ -1,0 +1,66 @@
+"""`translate` over HTTP: the field in every encoding, and headers that say what each encoder got."""
+
+from __future__ import annotations
+
+import json
+
+from app.prompt_headers import CUT_MARK, capped_json
+from tests.http_support import SMALL, pixels, png_info, wait_until
+
+PROMPT = "科普主持人，专业形象，微笑"
+ENGLISH = "science show host, professional look, smiling"
+
+
+def test_headers_say_original_glossary_english_and_t5_share_in_ascii(client):
+    r = client.post("/api/generate-image", data={"prompt": PROMPT, "seed": "5", **SMALL})
+    assert r.status_code == 200, r.text
+    h = r.headers
+    for name in ("x-prompt-original", "x-prompt-english", "x-prompt-clip", "x-prompt-t5", "x-prompt-glossary"):
+        assert h[name].isascii(), name
+    assert h["x-prompt-translate"] == "auto"
+    assert json.loads(h["x-prompt-original"]) == PROMPT
+    assert json.loads(h["x-prompt-english"]) == json.loads(h["x-prompt-clip"]) == json.loads(h["x-prompt-t5"]) == ENGLISH
+    assert json.loads(h["x-prompt-glossary"]) == [["科普主持人", "science show host"], ["专业形象", "professional look"],
+                                                  ["微笑", "smiling"]]
+    assert json.loads(h["x-prompt-translated"]) == [] and json.loads(h["x-prompt-translator"]) is None
+    assert (h["x-t5-unknown-before"], h["x-t5-unknown-after"]) == ("1.000", "0.000")
+    assert png_info(r.content)[1]["prompt_english"] == ENGLISH
+
+
+def test_translate_off_in_json_sends_the_prompt_as_typed(client):
+    r = client.post("/api/generate-image", json={"prompt": PROMPT, "translate": "off", "seed": 5,
+                                                 "width": 64, "height": 64, "num_inference_steps": 2})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.headers["x-prompt-t5"]) == PROMPT and r.headers["x-t5-unknown-after"] == "1.000"
+
+
+def test_the_english_sent_back_with_translate_off_gives_the_same_pixels(client):
+    auto = client.post("/api/generate-image", data={"prompt": PROMPT, "seed": "5", **SMALL})
+    english = json.loads(auto.headers["x-prompt-english"])
+    edited = client.post("/api/generate-image", data={"prompt": english, "translate": "off", "seed": "5", **SMALL})
+    assert edited.status_code == 200
+    assert png_info(edited.content)[1]["prompt"] == png_info(auto.content)[1]["prompt"] == english
+    assert pixels(edited.content) == pixels(auto.content)
+
+
+def test_bad_translate_value_is_a_422_naming_the_field(client):
+    r = client.post("/api/generate-image", data={"prompt": PROMPT, "translate": "english", **SMALL})
+    assert r.status_code == 422
+    assert r.json()["error"]["param"] == "translate"
+
+
+def test_jobs_info_has_the_prompt_record(client):
+    r = client.post("/api/jobs", data={"prompt": "微笑着的科普主持人", "translate": "auto", **SMALL})
+    assert r.status_code == 202, r.text
+    done = wait_until(lambda: (j := client.get(f"/api/jobs/{r.json()['id']}").json())["status"] == "succeeded" and j)
+    info = done["info"]
+    assert info["prompt_original"] == "微笑着的科普主持人" and info["translated"][0][0] == "着的"
+    assert "demo translator" in info["translator"]
+
+
+def test_long_header_values_are_cut_with_a_marker_not_silently():
+    value = "科" * 2000
+    out = capped_json(value)
+    assert len(out) <= 2048 and out.isascii()
+    assert json.loads(out).endswith(CUT_MARK) and json.loads(out).startswith("科" * 100)
+    assert capped_json(["x" * 50] * 100, limit=300).endswith(json.dumps(CUT_MARK, ensure_ascii=True) + "]")

@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
                 raise
         if eng.is_demo:
             logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
+        await asyncio.to_thread(eng.warm_up)  # torch.compile: every expected size, before /ready says 200
         worker = (backend.make_worker if backend is not None else Worker)(eng, settings.queue_size, metrics)
         worker.start()
         metrics.bind(worker, eng)
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     if settings.enable_test_hooks:
         logger.warning("test hooks are enabled (/_test/*): never do this in production")
         app.include_router(test_hooks.router)
-    install_trainings(app, settings, guarded)  # POST /api/trainings ...; its supervisor wraps the lifespan
+    install_trainings(app, settings, guarded, keyed)  # POST /api/trainings ...; its supervisor wraps the lifespan
     install_docs(app)
     install_page(app)
     openapi.install(app, params_model=app.state.params_model, api_key_set=bool(settings.api_key))

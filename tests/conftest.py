@@ -16,7 +16,8 @@ SMALL = dict(width=64, height=64, num_inference_steps=2)
 
 
 def make_settings(**overrides) -> Settings:
-    base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True)
+    base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True, adapters="fused",
+                compile="off")
     base.update(overrides)
     return Settings(_env_file=None, **base)
 
@@ -31,6 +32,21 @@ def engine(settings):
     from pipelines.engine import FluxEngine
 
     return FluxEngine.from_settings(settings)
+
+
+@pytest.fixture(scope="session")
+def peft_engine():
+    """An engine with the PEFT strategy (FLUX_ADAPTERS=peft), for tests that compare with bare PEFT/diffusers
+    bit for bit (the default strategy, fused, is exact against the base model but not against PEFT)."""
+    from pipelines.engine import FluxEngine
+
+    return FluxEngine.from_settings(make_settings(adapters="peft"))
+
+
+@pytest.fixture(scope="session", params=["fused", "peft"])
+def each_engine(request, engine, peft_engine):
+    """The session engine of each adapter strategy, for behaviour both must share."""
+    return engine if request.param == "fused" else peft_engine
 
 
 @pytest.fixture(scope="session")

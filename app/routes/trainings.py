@@ -157,10 +157,10 @@ async def training_events(run_id: str, request: Request) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def install_trainings(app: FastAPI, settings, guarded) -> None:
+def install_trainings(app: FastAPI, settings, guarded, responses: dict | None = None) -> None:
     """Add the routes and start/stop the training supervisor around the app's own lifespan (after the
     engine is loaded: the demo preset and the GPU policy depend on it)."""
-    app.include_router(router, dependencies=guarded, tags=["trainings"])
+    app.include_router(router, dependencies=guarded, tags=["trainings"], responses=responses or {})
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -173,7 +173,8 @@ def install_trainings(app: FastAPI, settings, guarded) -> None:
             def serve_task(name: str) -> None:  # the task written by the trainer, served without a restart
                 from pipelines.tasks import load_task_table
 
-                engine.add_task(load_task_table(engine.settings.resolved_tasks_file()).get(name))
+                table = load_task_table(engine.settings.resolved_tasks_file())
+                engine.add_task(table.get(name), table.loras)
 
             runs = TrainingRuns(settings, demo=bool(getattr(engine, "is_demo", False)),
                                 device=str(getattr(engine, "device", "cpu")), on_task=serve_task)

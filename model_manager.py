@@ -5,7 +5,8 @@
     image = manager.generate(task="host_face", prompt="科普主持人，专业形象，微笑", width=1024, height=1024)
 
 Tasks come from ``models/tasks.toml``; a call's ``lora_alpha`` overrides the task's strength for that call
-only. ``generate`` returns a ``PIL.Image`` (as before); what was actually done (adapter file, strength, seed,
+only, and ``loras={"film_look": 0.4}`` sets the strengths of registered LoRAs by name (adding them to the
+task's: several LoRAs at once). ``generate`` returns a ``PIL.Image`` (as before); what was actually done (adapter file, strength, seed,
 warnings, timings) is in ``manager.last_result.info``, or use ``generate_result`` to get both at once.
 """
 
@@ -67,6 +68,11 @@ class ModelManager:
         return self.engine.tasks.names()
 
     @property
+    def loras(self) -> list[dict]:
+        """The registered LoRAs (name, file, sha256, rank, targets, tasks using them)."""
+        return self.engine.lora_infos()
+
+    @property
     def lora_configs(self) -> Mapping[str, Mapping]:
         """Per task: ``lora_path`` (the resident weights file, or None), ``lora_alpha`` and the rest."""
         data = {}
@@ -87,13 +93,16 @@ class ModelManager:
     def generate_result(self, task: str, prompt: str, width: int | None = None, height: int | None = None, *,
                         lora_alpha: float | None = None, seed: int | None = None,
                         num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                        translate: str | None = None,
+                        loras=None, translate: str | None = None,
                         progress: ProgressCallback | None = None) -> GenerationResult:
-        """``translate``: "auto" (default), "glossary" or "off": what happens to a Chinese prompt before the
+        """``loras``: {name: scale}, [(name, scale)] or [{"name", "scale"}] of LoRAs registered in the task table.
+        ``translate``: "auto" (default), "glossary" or "off": what happens to a Chinese prompt before the
         text encoders read it (see docs/lora-guide.en.md); the result's info says what was sent."""
+        from pipelines.lora_registry import normalise_request_loras
+
         req = GenerationRequest(prompt=prompt, task=task, lora_alpha=lora_alpha, width=width, height=height,
                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                                translate=translate)
+                                loras=normalise_request_loras(loras), translate=translate)
         self.last_result = self.engine.generate(req, progress=progress)
         return self.last_result
 

@@ -72,14 +72,28 @@ def _request(args, **overrides):
 
     fields = dict(prompt=args.prompt, task=args.task, lora_alpha=args.lora_alpha, width=args.width,
                   height=args.height, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                  translate=args.translate)
+                  loras=tuple(args.lora) if getattr(args, "lora", None) else None, translate=args.translate)
     fields.update(overrides)
     return GenerationRequest(**fields)
+
+
+def _lora_arg(text: str) -> tuple[str, float]:
+    """``--lora NAME=SCALE``: a registered LoRA (see ``flux-service tasks``) and its strength."""
+    name, sep, scale = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name.strip(), float(scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=SCALE (e.g. film_look=0.4), got {text!r}") from None
 
 
 def _print_info(info, path: Path) -> None:
     lora = (f"{info.adapter_file} [sha256 {info.adapter_hash}] (adapter {info.adapter_name}, "
             f"alpha={info.lora_scale:g})") if info.adapter_name else "no LoRA"
+    if len(info.loras) > 1:
+        lora = ", ".join(f"{x['name']}={x['scale']:g} ({x['adapter_file']} [sha256 {x['sha256'][:12]}])"
+                         for x in info.loras)
     print(f"saved {path}  task={info.task or '-'}  LoRA: {lora}  seed={info.seed}  {info.width}x{info.height}  "
           f"steps={info.num_inference_steps}  guidance={info.guidance_scale:g}  {info.timings.get('total_s', 0):.2f}s"
           + ("  [DEMO MODEL]" if info.demo else ""))
@@ -185,12 +199,20 @@ def cmd_tasks(args) -> int:
     table = load_task_table(settings.resolved_tasks_file())
     rows = [("task", "LoRA", "strength", "size", "steps", "guidance", "description")]
     for t in table.tasks.values():
-        rows.append((t.name, t.lora or "none", f"{t.lora_alpha:g}" if t.lora else "-", f"{t.width}x{t.height}",
+        lora = (t.lora if len(t.loras) == 1 else ", ".join(n for n, _ in t.loras)) or "none"
+        strength = ", ".join(f"{s:g}" for _, s in t.loras) or "-"
+        rows.append((t.name, lora, strength, f"{t.width}x{t.height}",
                      str(t.num_inference_steps or "model"), f"{t.guidance_scale:g}" if t.guidance_scale is not None
                      else "model", t.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    if table.loras:
+        print("\nregistered LoRAs (--lora NAME=SCALE, or `loras` in a request):")
+        for entry in table.loras.values():
+            users = [t.name for t in table.tasks.values() if any(n == entry.name for n, _ in t.loras)]
+            print(f"  {entry.name}  {entry.path}  used by: {', '.join(users) or '-'}"
+                  + (f"  {entry.description}" if entry.description else ""))
     print(f"\n(from {table.source}; a request's lora_alpha overrides the strength for that request)")
     return 0
 
@@ -240,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("prompt", help="the prompt (Chinese works; see the T5 warning in the output)")
         sp.add_argument("--task", required=task_required, help="task from the task table (omit: base model)")
         sp.add_argument("--lora-alpha", dest="lora_alpha", type=float, help="LoRA strength for this call (0-2)")
+        sp.add_argument("--lora", action="append", type=_lora_arg, metavar="NAME=SCALE",
+                        help="strength of a registered LoRA for this call, repeatable (several LoRAs at once; "
+                             "a task's LoRA gets the new strength, others are added)")
         sp.add_argument("--width", type=int)
         sp.add_argument("--height", type=int)
         sp.add_argument("--steps", type=int, help="num_inference_steps")

@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
                     raise
             if eng.is_demo:
                 logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
+            await asyncio.to_thread(eng.warm_up)  # torch.compile: every expected size, before /ready says 200
             make_worker = backend.make_worker if backend is not None else Worker
             worker = make_worker(eng, settings.queue_size, metrics, journal=store)
             worker.resume(await asyncio.to_thread(pending_jobs, store, settings.request_timeout_s))

@@ -28,6 +28,19 @@ class _AdapterSwitches:
         yield family
 
 
+class _Compilations:
+    """torch.compile graphs compiled by the engine (one per image size; a rise after warm-up is a recompile)."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+
+    def collect(self):
+        family = CounterMetricFamily("flux_compilations", "Transformer graphs compiled by torch.compile "
+                                     "(one per image size; never per LoRA or strength change).")
+        family.add_metric([], float(self._read()))
+        yield family
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -50,6 +63,11 @@ class Metrics:
             self.registry.unregister(self._switches)
         self._switches = _AdapterSwitches(lambda: getattr(engine.adapters, "switches", 0))
         self.registry.register(self._switches)
+        if getattr(self, "_compilations", None) is not None:
+            self.registry.unregister(self._compilations)
+        counter = getattr(engine, "compilations", None)
+        self._compilations = _Compilations(lambda: counter.total if counter is not None else 0)
+        self.registry.register(self._compilations)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from pipelines.engine import MAX_GUIDANCE, MAX_SEED
 from pipelines.errors import InvalidRequest
+from pipelines.lora_registry import MAX_LORAS_PER_REQUEST
 from pipelines.settings import Settings
 from pipelines.tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA
 from pipelines.types import GenerationRequest
@@ -41,6 +42,17 @@ def _optional_means_absent(schema: dict, _cls: type) -> None:
     for prop in schema.get("properties", {}).values():
         if "default" in prop and prop["default"] is None:
             del prop["default"]
+
+
+class LoraStrength(BaseModel):
+    """One registered LoRA (GET /api/loras) and its strength for this request."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    name: str = Field(min_length=1, examples=["host_person"],
+                      description="A registered LoRA's name (GET /api/loras); never a path.")
+    scale: float = Field(ge=MIN_LORA_ALPHA, le=MAX_LORA_ALPHA, examples=[0.7],
+                         description="Strength (0: listed but off).")
 
 
 class GenerateParams(BaseModel):
@@ -68,6 +80,12 @@ class GenerateParams(BaseModel):
     translate: Literal["auto", "glossary", "off"] = Field(
         default=None, description="Chinese prompts: auto (glossary, then the translation model for what T5 cannot "
         "read), glossary, off (as typed); default: the server's FLUX_TRANSLATE (auto).")
+    loras: list[LoraStrength] = Field(
+        default=None, max_length=MAX_LORAS_PER_REQUEST,
+        description="Several LoRAs at once: strengths of registered LoRAs by name, e.g. "
+        "[{\"name\": \"host_person\", \"scale\": 0.7}, {\"name\": \"film_look\", \"scale\": 0.4}]; a task's "
+        "LoRA gets the new strength, others are added. In a form: the same list as JSON text. "
+        "Needs use_model_manager=true.")
 
     @model_validator(mode="before")
     @classmethod
@@ -93,6 +111,10 @@ class GenerateParams(BaseModel):
                     f"`task` was {self.task!r} but `use_model_manager` is false, so the task would be ignored; send "
                     f"`use_model_manager=true` to use the task's LoRA, or drop `task` for the base model",
                     param="task")
+            if self.loras is not None:
+                raise InvalidRequest(
+                    "`loras` was given but `use_model_manager` is false (base model, no LoRA), so it would have no "
+                    "effect; send `use_model_manager=true` with a `task`, or drop it", param="loras")
             if self.lora_alpha is not None:
                 raise InvalidRequest(
                     "`lora_alpha` was given but `use_model_manager` is false (base model, no LoRA), so it would have "
@@ -101,7 +123,8 @@ class GenerateParams(BaseModel):
         return GenerationRequest(
             prompt=self.prompt, task=self.task if self.use_model_manager else None, lora_alpha=self.lora_alpha,
             width=self.width, height=self.height, num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale, seed=self.seed, translate=self.translate)
+            guidance_scale=self.guidance_scale, seed=self.seed, translate=self.translate,
+            loras=tuple((x.name, x.scale) for x in self.loras) if self.loras is not None else None)
 
 
 def _tightened(name: str, *constraints) -> tuple:

@@ -1,10 +1,11 @@
 """How LoRA weights reach the forward pass: one small interface, one implementation today.
 
-Why an interface: today adapters are PEFT layers switched with diffusers' ``set_adapters`` (exact, simple,
-about +12% per step on an H100, see shared/ANCHORS.md). A faster strategy (fuse the active adapter into the
-base weights with an exact restore from a backup, which also keeps a ``torch.compile``d model from
-recompiling) must be able to replace it without touching the engine or its callers. So the engine only
-ever calls ``load`` once per adapter and ``activate`` once per generation.
+Why an interface: two strategies implement it. ``PeftAdapters`` (here): PEFT layers switched with diffusers'
+``set_adapters`` (exact, simple, about +12% per step on an H100, see shared/ANCHORS.md; needed for DoRA).
+``FusedAdapters`` (pipelines/fused_adapters.py, the default): the active set merged into the base weights
+with an exact restore from a backup, which costs nothing per step and keeps a ``torch.compile``d model from
+recompiling. ``FLUX_ADAPTERS=fused|peft`` picks one; the engine only ever calls ``load`` once per adapter
+and ``activate_set`` once per generation, with the whole set of (name, scale) a request uses.
 
 Exactness contract of every strategy: ``activate(None)`` (or a scale of 0) gives bit-identical outputs
 to a model that never saw a LoRA, and switching back and forth leaves no residue.
@@ -28,6 +29,10 @@ class AdapterStrategy(Protocol):
     def activate(self, name: str | None, scale: float) -> None:
         """Make ``name`` the only active adapter at ``scale``; ``None`` or 0.0: the base model alone."""
 
+    def activate_set(self, items) -> None:
+        """Make exactly ``items`` [(name, scale), ...] active (several LoRAs at once); scale-0 entries are
+        dropped; an empty set is the base model alone."""
+
     @property
     def active(self) -> tuple[str, float] | None:
         """What is active now, or None for the base model."""
@@ -43,15 +48,22 @@ class AdapterStrategy(Protocol):
 class PeftAdapters:
     """Unfused PEFT LoRA layers (diffusers ``load_lora_adapter`` + ``set_adapters``)."""
 
+    kind = "peft"
+
     def __init__(self, pipe) -> None:
         self._pipe = pipe
         self._loaded: set[str] = set()
-        self._active: tuple[str, float] | None = None
+        self._active: tuple[tuple[str, float], ...] = ()  # the active set, in the order given
         self._known = True  # False while a switch is in flight: state recorded only after it succeeded
         self._switches = 0
 
     @property
     def active(self) -> tuple[str, float] | None:
+        """The first active (name, scale), or None (the single-LoRA view)."""
+        return self._active[0] if self._active else None
+
+    @property
+    def active_set(self) -> tuple[tuple[str, float], ...]:
         return self._active
 
     @property
@@ -100,34 +112,42 @@ class PeftAdapters:
             adapter_name=name, _pipeline=self._pipe, metadata=metadata)
 
     def activate(self, name: str | None, scale: float) -> None:
-        target = None if (name is None or scale == 0.0) else (name, float(scale))
+        self.activate_set([] if name is None else [(name, scale)])
+
+    def activate_set(self, items) -> None:
+        target = tuple((n, float(s)) for n, s in items if float(s) != 0.0)
         if target == self._active and self._known:
             return
-        if target is not None and target[0] not in self._loaded:
-            raise AdapterError(f"adapter {name!r} is not loaded")
+        for n, _ in target:
+            if n not in self._loaded:
+                raise AdapterError(f"adapter {n!r} is not loaded")
         self._known = False
         self._apply(target)
         self._active, self._known = target, True
         self._switches += 1
 
     def unload(self, name: str) -> None:
-        """Free ``name``'s LoRA layers (a Ray replica's LRU of LoRAs, app/ray_serve). Deactivated first if
-        active; afterwards the model computes exactly as if the adapter had never been loaded."""
+        """Free ``name``'s LoRA layers (a Ray replica's LRU of LoRAs, app/ray_serve). Taken out of the active
+        set first if active; afterwards the model computes exactly as if the adapter had never been loaded."""
         if name not in self._loaded:
             raise AdapterError(f"adapter {name!r} is not loaded")
-        if self._active is not None and self._active[0] == name:
-            self.activate(None, 0.0)
-        self._pipe.transformer.delete_adapters([name])
+        if any(n == name for n, _ in self._active):
+            self.activate_set([(n, s) for n, s in self._active if n != name])
+        transformer, text_encoder = self._pipe.transformer, self._pipe.text_encoder
+        if name in getattr(transformer, "peft_config", {}):
+            transformer.delete_adapters([name])
+        if name in getattr(text_encoder, "peft_config", {}):
+            text_encoder.delete_adapter(name)
         self._loaded.discard(name)
 
-    def _apply(self, target: tuple[str, float] | None) -> None:
+    def _apply(self, target: tuple[tuple[str, float], ...]) -> None:
         if not self._loaded:
             return
-        if target is None:
+        if not target:
             self._pipe.disable_lora()
         else:
             self._pipe.enable_lora()
-            self._pipe.set_adapters([target[0]], [target[1]])
+            self._pipe.set_adapters([n for n, _ in target], [s for _, s in target])
 
     def _verify_loaded(self, name: str, lora: LoraWeights) -> None:
         """Every tensor of the file must now sit in a LoRA layer under ``name``, value for value, and every

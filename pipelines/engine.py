@@ -18,15 +18,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .adapters import AdapterStrategy, PeftAdapters
+from .compile import CompileCounter, compile_transformer, should_compile
 from .errors import AdapterError, ConfigError, InvalidRequest, OutOfMemory
+from .fused_adapters import FusedAdapters
 from .lora_files import read_lora, resolve_weights_file
 from .lora_paths import display_path, locate_lora, task_lora_path
+from .lora_registry import ActiveLora, describe_loras, plan_loras
 from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
 from .preview import Preview, Previewer, preview_image
 from .prompt_check import check_prompt
+from .quantize import check_quantize
 from .prompt_stage import TRANSLATE_MODES, PromptStage, StagedPrompt, build_prompt_stage
 from .settings import Settings, load_settings
-from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, TaskConfig, TaskTable, load_task_table
+from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, LoraEntry, TaskConfig, TaskTable, load_task_table
 from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
 
 logger = logging.getLogger(__name__)
@@ -42,13 +46,20 @@ class ResidentAdapter:
     format: str
     rank: int
     #: provenance, fixed when the file was read: path relative to the models folder (``demo:...`` for the
-    #: demo's own LoRA, never absolute) and the first 12 hex digits of the file's sha256 (``lora inspect`` too)
+    #: demo's own LoRA, never absolute) and the file's sha256 (full hex; ``short_hash`` as ``lora inspect`` prints)
     label: str = ""
     sha256: str = ""
     scales: dict = field(default_factory=dict)  # effective scale at strength 1.0 per module group
     components: tuple[str, ...] = ("transformer",)
     dora: bool = False
     trigger_words: tuple[str, ...] = ()  # what the LoRA file ships with (kohya ss_*, config.yaml)
+    alpha: float | None = None
+    modules: tuple[str, ...] = ()  # the layers it adapts, e.g. transformer_blocks.0.attn.to_q
+
+    @property
+    def short_hash(self) -> str:
+        """First 12 hex digits of the sha256: ``adapter_hash`` in results, as ``lora inspect`` prints it."""
+        return self.sha256[:12]
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ class Plan:
     guidance_scale: float
     seed: int
     notes: tuple[str, ...] = ()
+    #: every LoRA of this generation (the task's, the request's ``loras``), in order; ``adapter`` is the first
+    loras: tuple[ActiveLora, ...] = ()
     #: the prompt stage's record (glossary, translation); ``prompt`` is its English with the task's template
     staged: StagedPrompt | None = None
     prompt_as_typed: str = ""  # what ``prompt`` would be with translate=off (for the before/after T5 share)
@@ -80,28 +93,33 @@ class FluxEngine:
         self.device = device
         self.dtype = dtype
         self.tasks = tasks or TaskTable(source=Path("<none>"))
-        self.adapters: AdapterStrategy = adapters or PeftAdapters(pipe)
+        self.adapters: AdapterStrategy = adapters or (
+            PeftAdapters(pipe) if settings.adapters == "peft" else FusedAdapters(pipe, settings.fused_backup))
         #: glossary + optional translator, applied to every prompt before the task's template (setup once)
         self.prompt_stage = prompt_stage or build_prompt_stage(settings, pipe.tokenizer_2, device, source.demo)
         self._resident: dict[Path, ResidentAdapter] = {}
-        #: task name -> its adapter, fixed at start-up so a request never touches the LoRA files again
+        #: registered LoRA name ([loras.NAME] or a task's path shorthand) -> its resident adapter
+        self._named: dict[str, ResidentAdapter] = {}
+        #: task name -> its (first) adapter, fixed at start-up so a request never touches the LoRA files again
         self._task_adapters: dict[str, ResidentAdapter] = {}
-        #: task name -> the warning every result of that task carries (the demo's LoRA standing in)
-        self._task_notes: dict[str, str] = {}
+        #: registered LoRA name -> the warning every result using it carries (the demo's LoRA standing in)
+        self._lora_notes: dict[str, str] = {}
         self._lock = threading.Lock()
         self._fault: BaseException | None = None
+        #: torch.compile state: graphs compiled so far (one per image size after warm-up; never per LoRA)
+        self.compilations = CompileCounter()
+        self.compiled = False
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
+        users: dict[str, list[str]] = {}
         for task in self.tasks.tasks.values():
-            if task.lora:
-                try:
-                    where = locate_lora(self._task_lora_path(task), models_dir=settings.models_dir,
-                                        demo_root=self._demo_root, task=task.name)
-                    self._task_adapters[task.name] = self._adapter_for(where.path)
-                except AdapterError as exc:
-                    raise type(exc)(f"task {task.name!r}: {exc.message}", path=exc.path) from None
-                if where.note:
-                    self._task_notes[task.name] = where.note
-                self._apply_lora_trigger_words(task, self._task_adapters[task.name])
+            for lora_name, _ in task.loras:
+                users.setdefault(lora_name, []).append(task.name)
+        for entry in self.tasks.loras.values():
+            self._register(entry, users.get(entry.name, []))
+        for task in self.tasks.tasks.values():
+            if task.loras:
+                self._task_adapters[task.name] = self._named[task.loras[0][0]]
+                self._apply_lora_trigger_words(task, [self._named[n] for n, _ in task.loras])
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -111,14 +129,57 @@ class FluxEngine:
         tasks = load_task_table(settings.resolved_tasks_file()) if with_tasks else None
         source = resolve_model_source(settings, model_path, default_path_means_demo=default_path_means_demo)
         device, dtype = pick_device(settings)
+        check_quantize(settings.quantize, device)
+        compile_on = should_compile(settings.compile, device, settings.adapters)
         started = time.perf_counter()
         pipe = load_pipeline(source, device, dtype)
         engine = cls(pipe, source, settings, device, dtype, tasks)
-        logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident, %.1fs%s",
-                    "demo" if source.demo else source.path, source.model_type, device, str(dtype).removeprefix("torch."),
-                    len(engine.tasks.tasks), len(engine._resident), time.perf_counter() - started,
-                    "  [DEMO MODEL: random weights]" if source.demo else "")
+        if compile_on:
+            engine.enable_compile()
+        logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident (%s strategy%s), %.1fs%s",
+                    "demo" if source.demo else source.path, source.model_type, device,
+                    str(dtype).removeprefix("torch."), len(engine.tasks.tasks), len(engine._resident),
+                    engine.adapter_strategy, f", torch.compile {settings.compile_backend}" if compile_on else "",
+                    time.perf_counter() - started, "  [DEMO MODEL: random weights]" if source.demo else "")
         return engine
+
+    @property
+    def adapter_strategy(self) -> str:
+        return getattr(self.adapters, "kind", type(self.adapters).__name__)
+
+    # ---------------------------------------------------------------- torch.compile
+    def enable_compile(self) -> None:
+        """Compile the transformer (lazily: each image size compiles on its first call; see ``warm_up``)."""
+        compile_transformer(self.pipe.transformer, self.settings.compile_backend, self.settings.compile_cache_dir,
+                            self.compilations)
+        self.compiled = True
+
+    def warmup_sizes(self) -> list[tuple[int, int]]:
+        """``FLUX_COMPILE_WARMUP_SIZES``, else every (width, height) of the task table, else 1024x1024."""
+        sizes = self.settings.warmup_sizes() or list(dict.fromkeys((t.width, t.height)
+                                                                    for t in self.tasks.tasks.values()))
+        return sizes or [(1024, 1024)]
+
+    def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
+        """Compile every expected image size before the service reports ready: one 1-step call per size
+        (latents only, no VAE decode). Returns seconds per size; nothing to do when not compiled."""
+        import torch
+
+        if not self.compiled:
+            return {}
+        done: dict[str, float] = {}
+        for width, height in sizes or self.warmup_sizes():
+            if width % 16 or height % 16:
+                raise ConfigError(f"warm-up size {width}x{height}: width and height must be multiples of 16")
+            before, started = self.compilations.total, time.perf_counter()
+            with self._lock:
+                self.pipe(prompt="warm-up", width=width, height=height, num_inference_steps=1,
+                          guidance_scale=self.default_guidance, generator=torch.Generator("cpu").manual_seed(0),
+                          max_sequence_length=self.settings.max_sequence_length, output_type="latent")
+            done[f"{width}x{height}"] = round(time.perf_counter() - started, 3)
+            logger.info("torch.compile warm-up %dx%d: %d graph(s) compiled, %.1fs", width, height,
+                        self.compilations.total - before, time.perf_counter() - started)
+        return done
 
     @property
     def is_demo(self) -> bool:
@@ -130,8 +191,35 @@ class FluxEngine:
         """The demo model's folder (where its own LoRA lives); None on a real model."""
         return self.source.path.parent if self.is_demo else None
 
-    def _task_lora_path(self, task: TaskConfig) -> Path:
-        return task_lora_path(task.lora, self.settings.models_dir)
+    def _register(self, entry: LoraEntry, users: list[str]) -> ResidentAdapter:
+        """Make a registered LoRA resident under its name; its path resolves like every LoRA path
+        (``lora_paths.locate_lora``: relative to the models folder, the demo's own LoRA standing in on the demo
+        model only when the user has no file there, with a warning every result using it carries)."""
+        try:
+            where = locate_lora(task_lora_path(entry.path, self.settings.models_dir),
+                                models_dir=self.settings.models_dir, demo_root=self._demo_root)
+            adapter = self._named[entry.name] = self._adapter_for(where.path, name=entry.name)
+        except AdapterError as exc:
+            who = (f"task {users[0]!r}" if entry.implicit and users else
+                   f"LoRA {entry.name!r} ([loras.{entry.name}] in {self.tasks.source})")
+            raise type(exc)(f"{who}: {exc.message}", path=exc.path) from None
+        if where.note:
+            self._lora_notes[entry.name] = where.note
+        return adapter
+
+    def _resident_again(self, adapter: ResidentAdapter) -> ResidentAdapter:
+        """An adapter unloaded by a Ray replica's LRU is loaded again (same file, same name) when a request
+        needs it; every registered name and task pointing at that file follows."""
+        if self._resident.get(adapter.file) is adapter:
+            return adapter
+        fresh = self._resident.get(adapter.file) or self._adapter_for(adapter.file, name=adapter.name)
+        for n, a in list(self._named.items()):
+            if a.file == adapter.file:
+                self._named[n] = fresh
+        for t, a in list(self._task_adapters.items()):
+            if a.file == adapter.file:
+                self._task_adapters[t] = fresh
+        return fresh
 
     def locate_lora(self, path: str | Path) -> tuple[Path, str | None]:
         """Python API paths, resolved like task paths (see ``lora_paths.locate_lora``): (path, warning or None)."""
@@ -142,25 +230,28 @@ class FluxEngine:
         """A LoRA file as results name it: relative to the models folder, ``demo:...``, never absolute."""
         return display_path(file, models_dir=self.settings.models_dir, demo_root=self._demo_root)
 
-    def _apply_lora_trigger_words(self, task: TaskConfig, adapter: ResidentAdapter) -> None:
-        """``trigger_words = "from-lora"``: the words the LoRA file ships with, fixed at start-up."""
+    def _apply_lora_trigger_words(self, task: TaskConfig, adapters: list[ResidentAdapter]) -> None:
+        """``trigger_words = "from-lora"``: the words the task's LoRA files ship with (every LoRA of the task,
+        in order, each word once), fixed at start-up."""
         if not task.trigger_words_from_lora:
             return
-        if not adapter.trigger_words:
-            raise ConfigError(f"task {task.name!r} says trigger_words = \"from-lora\" but its LoRA {adapter.label} "
+        words = tuple(dict.fromkeys(w for a in adapters for w in a.trigger_words))
+        if not words:
+            labels = ", ".join(a.label for a in adapters)
+            raise ConfigError(f"task {task.name!r} says trigger_words = \"from-lora\" but its LoRA {labels} "
                               "records none (no kohya ss_tag_frequency / modelspec.trigger_phrase, no config.yaml "
                               "trigger_word beside it); list the words in the task table instead")
-        self.tasks.tasks[task.name] = replace(task, trigger_words=adapter.trigger_words)
-        logger.info("task %s: trigger words from its LoRA: %s", task.name, ", ".join(adapter.trigger_words))
+        self.tasks.tasks[task.name] = replace(task, trigger_words=words)
+        logger.info("task %s: trigger words from its LoRA: %s", task.name, ", ".join(words))
 
-    def _adapter_for(self, path: Path) -> ResidentAdapter:
+    def _adapter_for(self, path: Path, name: str | None = None) -> ResidentAdapter:
         """Load a LoRA once; later calls with the same file get the resident adapter (never re-read)."""
         weights = resolve_weights_file(path).resolve()
         if weights in self._resident:
             return self._resident[weights]
         lora = read_lora(weights)
-        base = (weights.parent.name if weights.name in ("pytorch_lora_weights.safetensors",
-                                                        "adapter_model.safetensors") else weights.stem)
+        base = name or (weights.parent.name if weights.name in ("pytorch_lora_weights.safetensors",
+                                                                "adapter_model.safetensors") else weights.stem)
         name, n = base, 2
         taken = {a.name for a in self._resident.values()}
         while name in taken:
@@ -168,12 +259,13 @@ class FluxEngine:
         started = time.perf_counter()
         self.adapters.load(name, lora)
         adapter = ResidentAdapter(name=name, file=weights, format=lora.format, rank=lora.rank,
-                                  label=self.lora_label(weights), sha256=lora.short_hash,
+                                  label=self.lora_label(weights), sha256=lora.sha256,
                                   scales=lora.scale_summary(), components=tuple(lora.components),
-                                  dora=lora.is_dora, trigger_words=tuple(lora.trigger_words))
+                                  dora=lora.is_dora, trigger_words=tuple(lora.trigger_words), alpha=lora.alpha,
+                                  modules=tuple(lora.modules))
         self._resident[weights] = adapter
         logger.info("LoRA loaded: %s [sha256 %s] as adapter %r (%s layout%s, %s, rank %d, scale at strength 1: %s, "
-                    "%d tensors, %.2fs)", adapter.label, adapter.sha256, name, lora.format,
+                    "%d tensors, %.2fs)", adapter.label, adapter.short_hash, name, lora.format,
                     ", DoRA" if lora.is_dora else "", " + ".join(adapter.components), lora.rank,
                     ", ".join(f"{k} x{v:g}" for k, v in adapter.scales.items()), len(lora.state_dict),
                     time.perf_counter() - started)
@@ -212,8 +304,7 @@ class FluxEngine:
                                  param="prompt")
         task = self.tasks.get(req.task) if req.task is not None else None
         notes: list[str] = []
-        adapter: ResidentAdapter | None = None
-        default_alpha = 0.0
+        base: list[tuple[str, ResidentAdapter, float]] = []
         if req.lora_path is not None:
             if task is not None and task.lora:
                 raise InvalidRequest(f"task {task.name!r} already has a LoRA; pass either `task` or `lora_path`",
@@ -221,16 +312,12 @@ class FluxEngine:
             located, note = self.locate_lora(req.lora_path)
             if note:
                 notes.append(note)
-            adapter, default_alpha = self._adapter_for(located), 1.0
-        elif task is not None and task.lora:
-            adapter, default_alpha = self._task_adapters[task.name], task.lora_alpha
-            if adapter.file not in self._resident:  # unloaded by a Ray replica's LRU: load it again
-                adapter = self._task_adapters[task.name] = self._adapter_for(adapter.file)
-            if task.name in self._task_notes:
-                notes.append(self._task_notes[task.name])
-        scale = default_alpha
+            adapter = self._adapter_for(located)
+            base.append((adapter.name, adapter, 1.0))
+        elif task is not None:
+            base.extend((n, self._named[n], s) for n, s in task.loras)
         if req.lora_alpha is not None:
-            if adapter is None:
+            if not base:
                 with_lora = [t for t, c in self.tasks.tasks.items() if c.lora]
                 where = f"task {task.name!r} uses no LoRA" if task else "no LoRA is in play (no task given)"
                 raise InvalidRequest(f"`lora_alpha` was given but {where}, so it would have no effect; drop it, "
@@ -239,7 +326,12 @@ class FluxEngine:
             if not MIN_LORA_ALPHA <= req.lora_alpha <= MAX_LORA_ALPHA:
                 raise InvalidRequest(f"`lora_alpha` must be between {MIN_LORA_ALPHA} and {MAX_LORA_ALPHA}, "
                                      f"got {req.lora_alpha}", param="lora_alpha")
-            scale = float(req.lora_alpha)
+        loras = plan_loras(registry=self._named, base=base, task_name=task.name if task else None,
+                           lora_alpha=req.lora_alpha, requested=getattr(req, "loras", None))
+        loras = tuple(replace(x, adapter=self._resident_again(x.adapter)) for x in loras)
+        notes.extend(self._lora_notes[x.name] for x in loras if x.name in self._lora_notes)
+        adapter = loras[0].adapter if loras else None
+        scale = loras[0].scale if loras else 0.0
         width = req.width if req.width is not None else (task.width if task else 1024)
         height = req.height if req.height is not None else (task.height if task else 1024)
         for name, value in (("width", width), ("height", height)):
@@ -273,7 +365,8 @@ class FluxEngine:
         as_typed = task.render_prompt(req.prompt) if task else req.prompt
         return Plan(prompt=prompt, task=task.name if task else None, adapter=adapter, lora_scale=scale if adapter else 0.0,
                     width=width, height=height, num_inference_steps=steps, guidance_scale=float(guidance),
-                    seed=seed, notes=tuple(notes) + staged.notes, staged=staged, prompt_as_typed=as_typed)
+                    seed=seed, notes=tuple(notes) + staged.notes, staged=staged, prompt_as_typed=as_typed,
+                    loras=loras)
 
     def generate(self, req: GenerationRequest, progress: ProgressCallback | None = None,
                  preview: Previewer | None = None) -> GenerationResult:
@@ -324,7 +417,8 @@ class FluxEngine:
 
             if progress is not None:
                 progress(0, total)
-            self.adapters.activate(plan.adapter.name if plan.adapter else None, plan.lora_scale)
+            self.adapters.activate_set([(x.adapter.name, x.scale) for x in plan.loras])
+            compilations_before = self.compilations.total
             try:
                 out = self.pipe(
                     prompt=plan.prompt,
@@ -348,6 +442,10 @@ class FluxEngine:
                                   "released, try a smaller size or retry later") from None
             image = out.images[0]
             ended = time.perf_counter()
+            compiled_now = self.compilations.total - compilations_before
+        if compiled_now:
+            logger.warning("torch.compile: this %dx%d image compiled %d new graph(s) (a size not warmed up; add it "
+                           "to FLUX_COMPILE_WARMUP_SIZES)", plan.width, plan.height, compiled_now)
 
         timings = {"total_s": round(ended - started, 4)}
         if marks:
@@ -372,9 +470,13 @@ class FluxEngine:
             dtype=str(self.dtype).removeprefix("torch."),
             warnings=warnings,
             timings=timings,
-            adapter_hash=plan.adapter.sha256 if plan.adapter else None,
+            adapter_hash=plan.adapter.short_hash if plan.adapter else None,
             adapter_rank=plan.adapter.rank if plan.adapter else None,
             adapter_scales=dict(plan.adapter.scales) if plan.adapter else None,
+            loras=[x.to_dict() for x in plan.loras],
+            adapter_strategy=self.adapter_strategy,
+            compiled=self.compiled,
+            compilations=self.compilations.total,
             translate=plan.staged.mode,
             prompt_original=plan.staged.original,
             prompt_english=plan.staged.english,
@@ -390,22 +492,37 @@ class FluxEngine:
                 f"alpha={info.lora_scale:g})"
                 if info.adapter_name and info.lora_scale else
                 f"off (alpha=0 for {info.adapter_file})" if info.adapter_name else "no LoRA")
+        if len(plan.loras) > 1:
+            lora = ", ".join(f"{x.name}={x.scale:g}" for x in plan.loras)
         logger.info("generated task=%s LoRA: %s seed=%d size=%dx%d steps=%d guidance=%g time=%.2fs%s",
                     info.task or "-", lora, info.seed, info.width, info.height, total, info.guidance_scale,
                     timings["total_s"], "  [DEMO MODEL]" if self.is_demo else "")
         return GenerationResult(image=image, info=info)
 
-    def add_task(self, task: TaskConfig) -> None:
+    def add_task(self, task: TaskConfig, registry: dict[str, LoraEntry] | None = None) -> None:
         """Serve a new task without a restart (a LoRA just trained by ``flux-service train --task``): its
-        adapter is loaded now, between two generations (under the lock), like a start-up task's."""
+        LoRAs are loaded now, between two generations (under the lock), like a start-up task's. ``registry``:
+        the ``[loras.NAME]`` entries of the table the task was read from (names this engine does not know yet)."""
         if task.name in self.tasks.tasks:
             raise InvalidRequest(f"task {task.name!r} is already served", param="task")
+        registry = registry or {}
         with self._lock:
-            adapter = self._adapter_for(self._task_lora_path(task)) if task.lora else None
+            for n, _ in task.loras:
+                entry, known = registry.get(n), self.tasks.loras.get(n)
+                if known is not None and (entry is None or entry.path == known.path):
+                    continue
+                if known is not None or entry is None:
+                    raise ConfigError(f"task {task.name!r}: LoRA {n!r} "
+                                      + ("now names another file than at start-up" if entry else "is not registered")
+                                      + f" in {self.tasks.source}; restart the service to serve it")
+                self._register(entry, [task.name])
+                self.tasks.loras[n] = entry
             self.tasks.tasks[task.name] = task
-            if adapter is not None:
-                self._task_adapters[task.name] = adapter
-        logger.info("task %s added at run time (LoRA %s)", task.name, adapter.file if adapter else "none")
+            if task.loras:
+                self._task_adapters[task.name] = self._named[task.loras[0][0]]
+                self._apply_lora_trigger_words(task, [self._named[n] for n, _ in task.loras])
+        adapter = self._task_adapters.get(task.name)
+        logger.info("task %s added at run time (LoRA %s)", task.name, adapter.label if adapter else "none")
 
     # ---------------------------------------------------------------- introspection
     def task_infos(self) -> list[TaskInfo]:
@@ -421,11 +538,16 @@ class FluxEngine:
                 width=t.width, height=t.height,
                 num_inference_steps=t.num_inference_steps or self.default_steps,
                 guidance_scale=t.guidance_scale if t.guidance_scale is not None else self.default_guidance,
-                adapter_hash=adapter.sha256 if adapter else None,
-                lora_trigger_words=list(adapter.trigger_words) if adapter else [],
-                warnings=[self._task_notes[t.name]] if t.name in self._task_notes else [],
+                adapter_hash=adapter.short_hash if adapter else None,
+                lora_trigger_words=list(dict.fromkeys(w for n, _ in t.loras for w in self._named[n].trigger_words)),
+                warnings=[self._lora_notes[n] for n, _ in t.loras if n in self._lora_notes],
+                loras=[{"name": n, "scale": s} for n, s in t.loras],
             ))
         return out
+
+    def lora_infos(self) -> list[dict]:
+        """Every registered LoRA as clients see it (``GET /api/loras``): no absolute paths."""
+        return describe_loras(self._named, self.tasks)
 
     def inject_fault_once(self, fault: BaseException) -> None:
         """Test hook: raise ``fault`` from inside the next denoising step (e.g. a torch.OutOfMemoryError)."""

@@ -80,6 +80,27 @@ class Settings(BaseSettings):
     )
     max_sequence_length: int = Field(default=512, ge=1, le=512, description="T5 tokens kept from the prompt.")
 
+    # --- fast path (issue 10): LoRA strategy, torch.compile, quantization -----------------------------
+    adapters: Literal["fused", "peft"] = Field(
+        default="fused", description="fused: LoRA merged into the weights with an exact restore from a backup "
+        "(no per-step cost, compile-friendly); peft: unfused PEFT layers (needed for DoRA).")
+    fused_backup: Literal["auto", "device", "cpu"] = Field(
+        default="auto", description="Where the fused strategy keeps its copy of the original weights: device "
+        "(fast restores, costs GPU memory), cpu (pinned host memory, restores cross PCIe), auto (device while "
+        "a quarter of GPU memory stays free).")
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto", description="torch.compile the transformer; auto: on for CUDA with fused adapters.")
+    compile_backend: str = Field(
+        default="inductor", description="torch.compile backend; eager/aot_eager count Dynamo compilations "
+        "without inductor's cost (tests on CPU).")
+    compile_cache_dir: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "inductor",
+        description="Inductor's cache (TORCHINDUCTOR_CACHE_DIR): a restart reuses compiled kernels.")
+    compile_warmup_sizes: CommaList = Field(
+        default_factory=list, description="WIDTHxHEIGHT sizes compiled before /ready (comma-separated); "
+        "empty: every size of the task table.")
+    quantize: Literal["none", "fp8"] = Field(
+        default="none", description="fp8: refused in this build (see docs/architecture.md).")
     # --- prompt stage (pipelines/prompt_stage.py): glossary, then an optional local translation model ------
     glossary_file: Path | None = Field(default=None, description="Prompt glossary; default <models_dir>/glossary.toml.")
     translate: Literal["auto", "glossary", "off"] = Field(
@@ -167,6 +188,18 @@ class Settings(BaseSettings):
             raise ValueError("is set but empty, which would leave the API open; set a key, or unset the variable "
                              "to run without one")
         return key
+
+    @field_validator("compile_warmup_sizes")
+    @classmethod
+    def _check_sizes(cls, sizes: list[str]) -> list[str]:
+        for v in sizes:
+            w, _, h = v.lower().partition("x")
+            if not (w.isdigit() and h.isdigit()):
+                raise ValueError(f"sizes are WIDTHxHEIGHT, e.g. 1024x1024; got {v!r}")
+        return [v.lower() for v in sizes]
+
+    def warmup_sizes(self) -> list[tuple[int, int]]:
+        return [tuple(int(x) for x in v.split("x")) for v in self.compile_warmup_sizes]  # type: ignore[misc]
 
     def resolved_tasks_file(self) -> Path:
         return self.tasks_file if self.tasks_file is not None else self.models_dir / "tasks.toml"

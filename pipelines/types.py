@@ -33,6 +33,9 @@ class GenerationRequest:
     seed: int | None = None  # None: a random seed, always reported
     #: Python API only (``FluxPipeline.generate(lora_path=...)``); the HTTP app never sets it.
     lora_path: str | None = None
+    #: strengths of registered LoRAs by name, ((name, scale), ...): the task's get a new strength, others are
+    #: added (several LoRAs at once); names only, never paths. None: the task's LoRAs as configured.
+    loras: tuple[tuple[str, float], ...] | None = None
     #: the prompt stage (pipelines/prompt_stage.py): "auto", "glossary" or "off"; None: the FLUX_TRANSLATE default
     translate: str | None = None
 
@@ -66,6 +69,11 @@ class GenerationInfo:
     #: effective scale per module group at strength 1.0 (alpha/r, alpha/sqrt(r) with rsLoRA, patterns,
     #: kohya alphas); the applied one is this times ``lora_scale``. ``{"all": x}`` when uniform.
     adapter_scales: dict[str, float] | None = None
+    #: every LoRA of this image: [{"name", "adapter", "file", "sha256", "scale"}]; adapter_* above is the first
+    loras: list[dict] = field(default_factory=list)
+    adapter_strategy: str = ""  # fused | peft: how the LoRAs reached the weights
+    compiled: bool = False  # the transformer ran under torch.compile
+    compilations: int = 0  # graphs compiled by this engine so far (grows per new image size, never per LoRA)
     # the prompt stage (pipelines/prompt_stage.py): what the user typed and what each text encoder read
     translate: str = "off"  # the mode used: auto, glossary or off
     prompt_original: str = ""  # as typed
@@ -121,6 +129,7 @@ class TaskInfo:
     adapter_hash: str | None = None  # sha256 of the LoRA file, first 12 hex digits
     lora_trigger_words: list[str] = field(default_factory=list)  # what the LoRA file ships with
     warnings: list[str] = field(default_factory=list)  # e.g. the demo's own LoRA standing in for yours
+    loras: list[dict] = field(default_factory=list)  # [{"name", "scale"}]: every LoRA of the task
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,8 +18,8 @@ SMALL = dict(width=64, height=64, num_inference_steps=2)
 
 def make_settings(**overrides) -> Settings:
     # each app its own job store folder: a data folder is locked by the one service using it
-    base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True,
-                data_dir=tempfile.mkdtemp(prefix="flux-test-data-"))
+    base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True, adapters="fused",
+                compile="off", data_dir=tempfile.mkdtemp(prefix="flux-test-data-"))
     base.update(overrides)
     return Settings(_env_file=None, **base)
 
@@ -34,6 +34,21 @@ def engine(settings):
     from pipelines.engine import FluxEngine
 
     return FluxEngine.from_settings(settings)
+
+
+@pytest.fixture(scope="session")
+def peft_engine():
+    """An engine with the PEFT strategy (FLUX_ADAPTERS=peft), for tests that compare with bare PEFT/diffusers
+    bit for bit (the default strategy, fused, is exact against the base model but not against PEFT)."""
+    from pipelines.engine import FluxEngine
+
+    return FluxEngine.from_settings(make_settings(adapters="peft"))
+
+
+@pytest.fixture(scope="session", params=["fused", "peft"])
+def each_engine(request, engine, peft_engine):
+    """The session engine of each adapter strategy, for behaviour both must share."""
+    return engine if request.param == "fused" else peft_engine
 
 
 @pytest.fixture(scope="session")

@@ -124,6 +124,16 @@ def test_unknown_task_lists_the_valid_ones():
     assert "valid tasks: character_face, host_face, science_background" in out.stderr
 
 
+def test_generate_takes_registered_lora_strengths_by_name(tmp_path):
+    out = run_cli("generate", "a host", "--task", "science_background", "--lora", "host_person=0.4", "--seed", "3",
+                  "-o", str(tmp_path / "x.png"), "--json", *SMALL)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(x["name"], x["scale"]) for x in info["loras"]] == [("host_person", 0.4)]
+    bad = run_cli("generate", "a host", "--lora", "host_person", *SMALL)
+    assert bad.returncode == 2 and "expected NAME=SCALE" in bad.stderr
+
+
 def test_generate_translates_by_default_and_prints_what_was_sent(tmp_path):
     out = run_cli("generate", "科普主持人，微笑", "--seed", "7", "-o", str(tmp_path / "t.png"), "--json", *SMALL)
     assert out.returncode == 0, out.stderr

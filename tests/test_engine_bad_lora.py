@@ -117,9 +117,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def reference(engine):
-    """host_face pixels before any bad LoRA was tried."""
-    return pixels(engine.generate(request(task="host_face")))
+def reference(each_engine):
+    """host_face pixels before any bad LoRA was tried (per adapter strategy)."""
+    return pixels(each_engine.generate(request(task="host_face")))
 
 
 @pytest.mark.parametrize(("make", "error"), CASES, ids=[c[0].__name__ for c in CASES])
@@ -133,8 +133,10 @@ def test_bad_lora_raises_typed_error_naming_the_file(engine, demo_root, tmp_path
 
 
 @pytest.mark.parametrize(("make", "error"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_bad_lora_leaves_engine_usable_without_half_loaded_adapter(engine, demo_root, tmp_path, reference,
+def test_bad_lora_leaves_engine_usable_without_half_loaded_adapter(each_engine, demo_root, tmp_path, reference,
                                                                    make, error):
+    engine = each_engine
+    fused_before = dict(getattr(engine.adapters, "_deltas", {}))
     transformer = engine.pipe.transformer
     resident = engine.resident_adapters()
     in_model = adapter_names_in_model(transformer)
@@ -147,6 +149,7 @@ def test_bad_lora_leaves_engine_usable_without_half_loaded_adapter(engine, demo_
     assert engine.resident_adapters() == resident
     assert adapter_names_in_model(transformer) == in_model
     assert set(getattr(transformer, "peft_config", {})) == configs
+    assert dict(getattr(engine.adapters, "_deltas", {})) == fused_before
     assert np.array_equal(pixels(engine.generate(request(task="host_face"))), reference)
 
 

@@ -1,4 +1,8 @@
-"""Pixels: our wrapper adds nothing to diffusers, and each LoRA layout means exactly what its trainer meant."""
+"""Pixels: our wrapper adds nothing to diffusers, and each LoRA layout means exactly what its trainer meant.
+
+Bit for bit against bare diffusers/PEFT, so this module runs the PEFT strategy (FLUX_ADAPTERS=peft)
+explicitly; the fused strategy's exactness is in tests/test_fused_adapters.py.
+"""
 
 from __future__ import annotations
 
@@ -16,23 +20,27 @@ pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` at
 
 
 @pytest.fixture(scope="module")
-def no_lora(engine) -> np.ndarray:
-    return pixels(engine.generate(request()))
+def no_lora(peft_engine) -> np.ndarray:
+    return pixels(peft_engine.generate(request()))
 
 
 @pytest.fixture(scope="module")
-def host_face(engine) -> np.ndarray:
-    return pixels(engine.generate(request(task="host_face")))
+def host_face(peft_engine) -> np.ndarray:
+    return pixels(peft_engine.generate(request(task="host_face")))
 
 
-def test_wrapper_output_equals_bare_diffusers_bit_for_bit(engine, bare_pipe, no_lora):
+def test_this_module_runs_the_peft_strategy(peft_engine):
+    assert peft_engine.adapter_strategy == "peft" and peft_engine.settings.adapters == "peft"
+
+
+def test_wrapper_output_equals_bare_diffusers_bit_for_bit(peft_engine, bare_pipe, no_lora):
     assert np.array_equal(no_lora, bare_call(bare_pipe))
 
 
-def test_model_manager_task_without_lora_equals_bare_diffusers_bit_for_bit(engine, bare_pipe):
+def test_model_manager_task_without_lora_equals_bare_diffusers_bit_for_bit(peft_engine, bare_pipe):
     from model_manager import ModelManager
 
-    image = ModelManager(engine=engine).generate(task="science_background", prompt=PROMPT, width=64, height=64,
+    image = ModelManager(engine=peft_engine).generate(task="science_background", prompt=PROMPT, width=64, height=64,
                                                  seed=SEED, num_inference_steps=2)
     assert np.array_equal(pixels(image), bare_call(bare_pipe))
 
@@ -41,21 +49,21 @@ def test_lora_changes_the_output(no_lora, host_face):
     assert not np.array_equal(no_lora, host_face)
 
 
-def test_alpha_zero_matches_no_lora_bit_for_bit(engine, no_lora):
-    result = engine.generate(request(task="host_face", lora_alpha=0.0))
+def test_alpha_zero_matches_no_lora_bit_for_bit(peft_engine, no_lora):
+    result = peft_engine.generate(request(task="host_face", lora_alpha=0.0))
     assert result.info.lora_scale == 0.0
     assert np.array_equal(pixels(result), no_lora)
 
 
-def test_lora_output_equals_diffusers_own_lora_loading(engine, demo_root, host_face):
-    pipe = fresh_bare_pipe(engine)
+def test_lora_output_equals_diffusers_own_lora_loading(peft_engine, demo_root, host_face):
+    pipe = fresh_bare_pipe(peft_engine)
     pipe.load_lora_weights(str(demo_root / DEMO_LORA), weight_name="pytorch_lora_weights.safetensors",
                            adapter_name="reference")
     pipe.set_adapters(["reference"], [0.7])
     assert np.array_equal(bare_call(pipe), host_face)
 
 
-def test_peft_layout_matches_the_same_weights_applied_by_peft_itself(engine, demo_root, no_lora):
+def test_peft_layout_matches_the_same_weights_applied_by_peft_itself(peft_engine, demo_root, no_lora):
     import peft
     from peft.tuners.lora import LoraLayer
     from safetensors.torch import load_file
@@ -63,10 +71,10 @@ def test_peft_layout_matches_the_same_weights_applied_by_peft_itself(engine, dem
     folder = demo_root / DEMO_LORA
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["lora_alpha"] != cfg["r"]
-    ours = engine.generate(request(lora_path=str(folder / "adapter_model.safetensors"), lora_alpha=0.7))
+    ours = peft_engine.generate(request(lora_path=str(folder / "adapter_model.safetensors"), lora_alpha=0.7))
     assert ours.info.adapter_file == "demo:lora/host_person/adapter_model.safetensors"
 
-    pipe = fresh_bare_pipe(engine)
+    pipe = fresh_bare_pipe(peft_engine)
     peft.inject_adapter_in_model(peft.LoraConfig(**cfg), pipe.transformer, adapter_name="reference")
     stored = load_file(folder / "adapter_model.safetensors")
     weights = {k.removeprefix("base_model.model."): v for k, v in stored.items()}
@@ -80,19 +88,19 @@ def test_peft_layout_matches_the_same_weights_applied_by_peft_itself(engine, dem
     assert not np.array_equal(pixels(ours), no_lora)
 
 
-def test_diffusers_and_peft_layouts_give_identical_pixels(engine, demo_root):
+def test_diffusers_and_peft_layouts_give_identical_pixels(peft_engine, demo_root):
     folder = demo_root / DEMO_LORA
-    a = engine.generate(request(lora_path=str(folder / "pytorch_lora_weights.safetensors"), lora_alpha=0.7))
-    b = engine.generate(request(lora_path=str(folder / "adapter_model.safetensors"), lora_alpha=0.7))
+    a = peft_engine.generate(request(lora_path=str(folder / "pytorch_lora_weights.safetensors"), lora_alpha=0.7))
+    b = peft_engine.generate(request(lora_path=str(folder / "adapter_model.safetensors"), lora_alpha=0.7))
     assert a.info.adapter_file == "demo:lora/host_person/pytorch_lora_weights.safetensors"
     assert b.info.adapter_file == "demo:lora/host_person/adapter_model.safetensors"
     assert np.array_equal(pixels(a), pixels(b))
 
 
-def test_peft_folder_named_by_its_folder_honours_adapter_config(engine, demo_root, host_face, tmp_path):
+def test_peft_folder_named_by_its_folder_honours_adapter_config(peft_engine, demo_root, host_face, tmp_path):
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         shutil.copy(demo_root / DEMO_LORA / name, tmp_path / name)
-    result = engine.generate(request(lora_path=str(tmp_path), lora_alpha=0.7))
+    result = peft_engine.generate(request(lora_path=str(tmp_path), lora_alpha=0.7))
     assert result.info.adapter_file == f"external:{tmp_path.name}/adapter_model.safetensors"
     assert np.array_equal(pixels(result), host_face)
 
@@ -147,16 +155,16 @@ def _kohya_flux_lora(transformer, seed: int = 7):
     return kohya, diffusers
 
 
-def test_kohya_flux_lora_equals_the_same_weights_in_diffusers_layout(engine, no_lora, tmp_path):
+def test_kohya_flux_lora_equals_the_same_weights_in_diffusers_layout(peft_engine, no_lora, tmp_path):
     from safetensors.torch import save_file
 
-    kohya, diffusers = _kohya_flux_lora(engine.pipe.transformer)
+    kohya, diffusers = _kohya_flux_lora(peft_engine.pipe.transformer)
     save_file(kohya, str(tmp_path / "host_kohya.safetensors"))
     save_file(diffusers, str(tmp_path / "host_diffusers.safetensors"))
 
-    a = engine.generate(request(lora_path=str(tmp_path / "host_kohya.safetensors"), lora_alpha=0.7))
-    b = engine.generate(request(lora_path=str(tmp_path / "host_diffusers.safetensors"), lora_alpha=0.7))
-    formats = {x.file.name: x.format for x in engine.resident_adapters()}
+    a = peft_engine.generate(request(lora_path=str(tmp_path / "host_kohya.safetensors"), lora_alpha=0.7))
+    b = peft_engine.generate(request(lora_path=str(tmp_path / "host_diffusers.safetensors"), lora_alpha=0.7))
+    formats = {x.file.name: x.format for x in peft_engine.resident_adapters()}
     assert formats["host_kohya.safetensors"] == "kohya"
     assert not np.array_equal(pixels(a), no_lora)
     assert np.array_equal(pixels(a), pixels(b))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import pipelines.engine
 from pipelines.tasks import load_task_table
@@ -27,14 +28,17 @@ def test_per_call_strength_applies_to_that_call_only(engine):
     assert np.array_equal(pixels(again), pixels(default))
 
 
-def test_tasks_naming_the_same_lora_share_one_resident_adapter(engine):
+@pytest.mark.parametrize("strategy", ["fused", "peft"])
+def test_tasks_naming_the_same_lora_share_one_resident_adapter(engine, peft_engine, strategy):
+    engine = engine if strategy == "fused" else peft_engine
     host = engine.generate(request(task="host_face"))
     character = engine.generate(request(task="character_face"))
     assert host.info.adapter_name == character.info.adapter_name == "host_person"
     assert [a.file.name for a in engine.resident_adapters() if a.name == "host_person"] == [
         "pytorch_lora_weights.safetensors"]
     transformer = engine.pipe.transformer
-    assert sum(1 for name in transformer.peft_config if name.startswith("host_person")) == sum(
+    in_model = getattr(transformer, "peft_config", {}) if strategy == "peft" else engine.adapters._deltas
+    assert sum(1 for name in in_model if name.startswith("host_person")) == sum(
         1 for a in engine.resident_adapters() if a.name.startswith("host_person"))
     assert np.array_equal(pixels(host), pixels(character))  # same LoRA, same strength, same (empty) template
 

@@ -41,6 +41,7 @@ OPERATIONS = [
     ("DELETE", "/api/jobs/{job_id}"),
     ("GET", "/api/jobs/{job_id}/events"),
     ("GET", "/api/tasks"),
+    ("GET", "/api/loras"),
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),

@@ -27,7 +27,8 @@ router = APIRouter()
 #: every header a browser script may read (CORS ``expose_headers``)
 RESULT_HEADERS = ["X-Task", "X-Adapter", "X-Adapter-File", "X-Adapter-Hash", "X-Adapter-Warnings", "X-Lora-Scale", "X-Seed", "X-Steps",
                   "X-Guidance-Scale", "X-Width", "X-Height", "X-Generation-Time", "X-Queue-Wait",
-                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Replica", "Retry-After", *PROMPT_HEADERS]
+                  "X-Demo-Model", "X-Prompt-Warnings", "X-Job-Id", "X-Replica", "X-Loras", "Retry-After",
+                  *PROMPT_HEADERS]
 
 #: what each result header says; the OpenAPI document describes every ``X-*`` name of RESULT_HEADERS from this
 HEADER_DOCS = {
@@ -50,6 +51,8 @@ HEADER_DOCS = {
     "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...",
     "X-Job-Id": "The id of the job that made it.",
     "X-Replica": "The engine replica that made it under Ray Serve (`flux-service serve --ray`), else `local`.",
+    "X-Loras": "JSON list (ASCII-escaped) of every LoRA of the image with its strength: "
+               "`[{\"name\": ..., \"scale\": ...}]` (`[]` without a LoRA); X-Adapter/X-Lora-Scale name the first.",
     **PROMPT_HEADER_DOCS,
 }
 
@@ -81,6 +84,8 @@ def result_headers(job: Job) -> dict[str, str]:
         "X-Prompt-Warnings": json.dumps(info.warnings, ensure_ascii=True),
         "X-Job-Id": job.id,
         "X-Replica": job.replica or "local",  # Ray Serve: the engine replica that made it (app/ray_serve)
+        # every LoRA of the image (several per request): [{"name", "scale"}]
+        "X-Loras": json.dumps([{"name": x["name"], "scale": x["scale"]} for x in info.loras], ensure_ascii=True),
         **prompt_headers(info),  # what the prompt stage sent to each text encoder (app/prompt_headers.py)
     }
 

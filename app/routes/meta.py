@@ -67,6 +67,13 @@ async def list_tasks(request: Request) -> dict:
     }
 
 
+@api.get("/api/loras", summary="Registered LoRAs: name, hash, rank, targets, tasks using them")
+async def list_loras(request: Request) -> dict:
+    engine = engine_of(request)
+    return {"adapter_strategy": engine.adapter_strategy, "compiled": engine.compiled,
+            "compilations": engine.compilations.total, "loras": engine.lora_infos()}
+
+
 @router.get("/health", summary="Liveness")
 async def health() -> dict:
     return {"status": "ok"}

@@ -173,7 +173,8 @@ def install_trainings(app: FastAPI, settings, guarded, responses: dict | None = 
             def serve_task(name: str) -> None:  # the task written by the trainer, served without a restart
                 from pipelines.tasks import load_task_table
 
-                engine.add_task(load_task_table(engine.settings.resolved_tasks_file()).get(name))
+                table = load_task_table(engine.settings.resolved_tasks_file())
+                engine.add_task(table.get(name), table.loras)
 
             runs = TrainingRuns(settings, demo=bool(getattr(engine, "is_demo", False)),
                                 device=str(getattr(engine, "device", "cpu")), on_task=serve_task)

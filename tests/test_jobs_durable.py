@@ -168,3 +168,19 @@ def test_a_job_interrupted_three_times_fails_instead_of_running_again(tmp_path):
         assert "3 times" in failed["error"]["message"]
     finally:
         store.close()
+
+
+def test_a_job_with_several_loras_comes_back_with_the_same_loras(tmp_path):
+    """JSON turns the request's (name, scale) tuples into lists; the job that runs again must hold the same."""
+    settings = make_settings(data_dir=tmp_path)
+    store = JobStore.open(settings)
+    job = Job(request=GenerationRequest(prompt="p", seed=5, loras=(("host_person", 0.5), ("film_look", 0.25))),
+              kind="job", deadline=time.monotonic() + 60, total=2)
+    store.accepted(job)
+    store.close()
+    store = JobStore.open(settings)
+    try:
+        (back,) = pending_jobs(store, request_timeout_s=60)
+        assert back.request == job.request  # frozen dataclass equality: tuples of (str, float), same order
+    finally:
+        store.close()

@@ -35,6 +35,8 @@ def pending_jobs(store, request_timeout_s: float) -> list[Job]:
     jobs, interrupted, failed = [], 0, 0
     for row in store.pending_rows():
         data = json.loads(row["request"])
+        if data.get("loras") is not None:  # JSON gave lists back; the request holds (name, scale) tuples
+            data["loras"] = tuple((str(name), float(scale)) for name, scale in data["loras"])
         job = Job(request=GenerationRequest(**{k: v for k, v in data.items() if k in known}), kind="job",
                   deadline=time.monotonic() + request_timeout_s, total=row["total"], adapter=row["adapter"],
                   lora_scale=row["lora_scale"], id=row["id"], created_at=row["created_at"],

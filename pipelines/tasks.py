@@ -114,6 +114,15 @@ class TaskTable:
         return list(self.tasks)
 
 
+def _validated(model, body: dict, where: str):
+    """One table of the file through its pydantic model; every problem in one ConfigError naming ``where``."""
+    try:
+        return model(**body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where}: {problems}") from None
+
+
 def load_task_table(path: Path) -> TaskTable:
     """Read and validate the task table; every problem is a ``ConfigError`` naming the file and the key."""
     path = Path(path)
@@ -135,20 +144,12 @@ def load_task_table(path: Path) -> TaskTable:
     for name, body in raw.get("loras", {}).items():
         if not isinstance(body, dict):
             raise ConfigError(f"task table {path}: loras.{name} must be a table with a `path`")
-        try:
-            lm = _LoraModel(**body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"task table {path}: loras.{name}: {problems}") from None
+        lm = _validated(_LoraModel, body, f"task table {path}: loras.{name}")
         table.loras[name] = LoraEntry(name=name, path=lm.path.strip(), description=lm.description)
     for name, body in tasks_raw.items():
         if not isinstance(body, dict):
             raise ConfigError(f"task table {path}: tasks.{name} must be a table")
-        try:
-            m = _TaskModel(**body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"task table {path}: tasks.{name}: {problems}") from None
+        m = _validated(_TaskModel, body, f"task table {path}: tasks.{name}")
         if m.trigger_words == "from-lora" and not (m.lora.strip() or m.loras):
             raise ConfigError(f"task table {path}: tasks.{name}: trigger_words = \"from-lora\" needs a `lora` "
                               "(or `loras`)")

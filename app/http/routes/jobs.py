@@ -26,6 +26,7 @@ from app.http.job_schema import Job as JobSchema
 from app.http.openapi import error_responses, png_response, request_body
 from app.http.routes.generate import HEADER_DOCS, RESULT_HEADERS, result_headers
 from app.http.submission import submit
+from app.jobs import StoredJob
 from app.jobs.job import TERMINAL, Job
 from pipelines.errors import Cancelled
 
@@ -89,18 +90,20 @@ def _sse(name: str, data: dict) -> bytes:
     return f"{retry}event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _event_stream(job: Job, previews: bool = False):
-    if previews:  # only the event loop touches the count; the worker thread just reads it
+async def _event_stream(job: Job | StoredJob, previews: bool = False):
+    # a finished job read back from the store (StoredJob) makes no previews: its stream is its terminal event
+    watching = previews and isinstance(job, Job)
+    if watching:  # only the event loop touches the count; the worker thread just reads it
         job.preview_watchers += 1
     try:
-        async for chunk in _events(job, previews):
+        async for chunk in _events(job, watching):
             yield chunk
     finally:
-        if previews:
+        if watching:
             job.preview_watchers -= 1
 
 
-async def _events(job: Job, previews: bool):
+async def _events(job: Job | StoredJob, previews: bool):
     state, index = job.snapshot()
     last_step, last_position, last_preview = -1, None, -1
     if state["status"] in TERMINAL:

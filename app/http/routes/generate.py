@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.http.deps import worker_of
 from app.http.openapi import error_responses, png_response, request_body
-from app.http.prompt_headers import PROMPT_HEADER_DOCS, PROMPT_HEADERS, prompt_headers
+from app.http.prompt_headers import PROMPT_HEADER_DOCS, PROMPT_HEADERS, capped_json, prompt_headers
 from app.http.submission import submit
 from app.jobs.job import Job
 from pipelines.errors import Cancelled, DeadlineExceeded
@@ -69,7 +69,7 @@ def result_headers(job: Job) -> dict[str, str]:
         "X-Adapter-File": _latin1(info.adapter_file or "none"),
         "X-Adapter-Hash": info.adapter_hash or "none",
         # warnings about the adapter alone (the demo's LoRA standing in for yours); all warnings: X-Prompt-Warnings
-        "X-Adapter-Warnings": json.dumps([w for w in info.warnings if "LoRA" in w], ensure_ascii=True),
+        "X-Adapter-Warnings": capped_json([w for w in info.warnings if "LoRA" in w]),
         "X-Lora-Scale": f"{info.lora_scale:g}",
         "X-Seed": str(info.seed),
         "X-Steps": str(info.num_inference_steps),
@@ -79,8 +79,9 @@ def result_headers(job: Job) -> dict[str, str]:
         "X-Generation-Time": f"{info.timings.get('total_s', 0.0):.3f}",
         "X-Queue-Wait": f"{max(queue_wait, 0.0):.3f}",
         "X-Demo-Model": "true" if info.demo else "false",
-        # ensure_ascii: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not
-        "X-Prompt-Warnings": json.dumps(info.warnings, ensure_ascii=True),
+        # ASCII JSON: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not. Cut at 2048 characters
+        # with a marker, like the X-Prompt-* headers (a long prompt's truncation warnings quote what was dropped)
+        "X-Prompt-Warnings": capped_json(info.warnings),
         "X-Job-Id": job.id,
         "X-Replica": job.replica or "local",  # Ray Serve: the engine replica that made it (app/ray_serve)
         # every LoRA of the image (several per request): [{"name", "scale"}]

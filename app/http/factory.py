@@ -35,10 +35,11 @@ from app.http.routes.page import install_page
 from app.http.routes.trainings import install_trainings
 from app.http.schemas import params_model
 from app.http.security import require_api_key
+from app.http.startup_errors import StartupErrors
 from app.jobs import JobStore, pending_jobs
 from app.jobs.shutdown import SignalDrain
 from app.jobs.worker import Worker
-from pipelines.errors import ConfigError, FluxServiceError
+from pipelines.errors import ConfigError
 from pipelines.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -78,22 +79,15 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
             yield
             return
         _ensure_log_output()
-        try:
-            store = await asyncio.to_thread(JobStore.open, settings)
-        except FluxServiceError as exc:
-            logger.error("start-up failed (%s): %s", exc.type, exc.message)
-            raise
+        # a typed error from here on stops start-up with one line on stderr (app/http/startup_errors.py)
+        store = await asyncio.to_thread(JobStore.open, settings)
         try:
             eng = engine
             if eng is None:
                 from pipelines.engine import FluxEngine
 
-                try:
-                    load = backend.load_engine if backend is not None else FluxEngine.from_settings
-                    eng = await asyncio.to_thread(load, settings)
-                except FluxServiceError as exc:
-                    logger.error("start-up failed (%s): %s", exc.type, exc.message)
-                    raise
+                load = backend.load_engine if backend is not None else FluxEngine.from_settings
+                eng = await asyncio.to_thread(load, settings)
             if eng.is_demo:
                 logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
             await asyncio.to_thread(eng.warm_up)  # torch.compile: every expected size, before /ready says 200
@@ -155,6 +149,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
                            allow_headers=["Authorization", "Content-Type"],
                            expose_headers=generate.RESULT_HEADERS + ["Location"])
     app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # outermost: 403 before any work
+    app.add_middleware(StartupErrors)  # lifespan only: a configuration error is one line, not a traceback
     return app
 
 

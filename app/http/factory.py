@@ -37,7 +37,7 @@ from app.http.schemas import params_model
 from app.http.security import require_api_key
 from app.http.startup_errors import StartupErrors
 from app.jobs import JobStore, pending_jobs
-from app.jobs.shutdown import SignalDrain
+from app.jobs.shutdown import SignalDrain, watch_worker
 from app.jobs.worker import Worker
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings, load_settings
@@ -102,11 +102,13 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
         app.state.engine, app.state.worker, app.state.jobs = eng, worker, store
         signals = SignalDrain(worker, settings.shutdown_grace_s)
         signals.install()
+        watchdog = asyncio.get_running_loop().create_task(watch_worker(worker, signals))  # a dead worker: exit 70
         logger.info("ready: queue size %d, request timeout %gs, jobs in %s%s", settings.queue_size,
                     settings.request_timeout_s, store.data_dir, ", API key required" if settings.api_key else "")
         try:
             yield
         finally:
+            watchdog.cancel()
             if not worker.draining:
                 logger.info("shutting down: refusing new work, waiting up to %gs for the running image",
                             settings.shutdown_grace_s)

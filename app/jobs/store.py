@@ -4,54 +4,65 @@ Why SQLite (standard library ``sqlite3``): accepted jobs must survive a restart,
 disk". SQLite gives atomic, fsync'd commits in one local file with no server to run or configure, it ships
 with Python, and one service process writes a few rows per image (nowhere near its limits). Why images as
 files and not BLOBs: a finished job must cost no memory, and a file is served and deleted without touching the
-database; the row holds its name and size so retention can bound the folder by bytes.
+database; the row holds its name, size and sha256 (checked when it is served: a damaged file is an error, never
+a wrong picture), and retention bounds the folder by bytes.
 
-Who writes: the worker thread (the job started, was interrupted, finished) and the event loop (a job was
-accepted); one connection behind one lock. Jobs that are queued or running also live in memory (``_live``:
-the ``Job`` objects the worker and the event streams share); a finished job is only a row and a file, read
-back as a ``StoredJob`` when asked for. One running service per data folder: the folder is locked
-(``flock``) while the store is open, because two services would both resume the same queued jobs.
+Who writes: the worker thread (a job started, was interrupted, finished), the event loop's helper threads (a job
+was accepted) and the store's own writer thread (retries); one connection behind one lock. Jobs that are queued or
+running live in memory too (``_live``: the ``Job`` objects the worker and the event streams share); a finished
+job is only a row and a file, read back as a ``StoredJob`` when asked for. One running service per data folder:
+the folder is locked (``flock``) while the store is open, because two services would both resume the same jobs.
+
+Faults (``app/jobs/database.py`` tells them apart): an accepted job is never forgotten because its database write
+failed. A write that fails (another process holds the lock, the disk is full) leaves the job in memory, still
+served by ``GET /api/jobs/{id}``, and the writer thread retries every ``RETRY_S`` until it is written;
+meanwhile ``fault()`` says why (``/ready`` answers 503 with it) and new jobs are refused with 503
+``storage_unavailable``. A damaged database file is moved aside and a new one started with every job in memory;
+a database file deleted or replaced under the service is recreated from the open connection.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from app.errors import NotFound, StorageError
+from app.errors import ImageCorrupt, NotFound, StorageError
 from app.jobs import retention
+from app.jobs.database import JobDatabase, classify, describe
 from app.jobs.job import Job
 from pipelines.errors import ConfigError
 from pipelines.types import GenerationInfo
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order: the FIFO order to resume in
-    id           TEXT NOT NULL UNIQUE,
-    status       TEXT NOT NULL,                      -- queued | running | succeeded | failed | cancelled
-    request      TEXT NOT NULL,                      -- GenerationRequest as JSON, seed fixed at submission
-    total        INTEGER NOT NULL,
-    adapter      TEXT,
-    lora_scale   REAL NOT NULL,
-    created_at   REAL NOT NULL,
-    started_at   REAL,
-    finished_at  REAL,
-    attempts     INTEGER NOT NULL DEFAULT 0,         -- times a worker started it
-    record       TEXT,                               -- the finished job as GET /api/jobs/{id} shows it
-    image        TEXT,                               -- file name under images/ (succeeded jobs)
-    image_bytes  INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+RETRY_S = 0.5  # the writer thread's period: retry failed writes, notice a vanished database file
+MIN_FREE_BYTES = 16 * 1024 * 1024  # a full disk counts as "space returned" past this much free space
+
+_UPSERT = """
+INSERT INTO jobs (id, status, request, total, adapter, lora_scale, created_at, started_at, finished_at, attempts,
+                  record, image, image_bytes, image_sha256)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,
+    finished_at=excluded.finished_at, attempts=excluded.attempts, record=excluded.record, image=excluded.image,
+    image_bytes=excluded.image_bytes, image_sha256=excluded.image_sha256
 """
+
+
+class StoreUnavailable(Exception):
+    """A database operation failed and could not be repaired now; ``reason`` is client-safe."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class StoredJob:
@@ -68,6 +79,7 @@ class StoredJob:
         self.created_at: float = row["created_at"]
         self.started_at: float | None = row["started_at"]
         self.finished_at: float | None = row["finished_at"]
+        self.image_sha256: str | None = row["image_sha256"]
         self._record: dict = json.loads(row["record"])
         self.info = _info_from(self._record.get("info"))
         self.replica: str | None = self._record.get("replica")  # X-Replica of the image route
@@ -96,6 +108,31 @@ def _info_from(data: dict | None) -> GenerationInfo | None:
     return GenerationInfo(**values)
 
 
+def _row(job: Job) -> tuple:
+    """The job's whole state as one row (the same upsert records a new job, a change, or a job again after the
+    database was replaced)."""
+    image = f"{job.id}.png" if job.status == "succeeded" else None
+    return (job.id, job.status, json.dumps(asdict(job.request), ensure_ascii=False, default=str), job.total,
+            job.adapter, job.lora_scale, job.created_at, job.started_at, job.finished_at, job.attempts,
+            json.dumps(job.to_dict(), ensure_ascii=False) if job.done else None, image,
+            job.image_bytes if image else 0, job.image_sha256 if image else None)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` at ``path`` whole or not at all (temp file + rename); a failed write leaves no temp file
+    behind (after ENOSPC a stray partial file would keep the disk full)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class JobStore:
     """Where ``/api/jobs/{id}`` finds a job; also the worker's journal (``accepted``/``started``/...)."""
 
@@ -103,10 +140,17 @@ class JobStore:
         self.data_dir = Path(data_dir).expanduser()
         self.images = self.data_dir / "images"
         self.ttl_s, self.max_kept, self.max_bytes = ttl_s, max_kept, max_bytes
-        self._lock = threading.RLock()
+        self._db = JobDatabase(self.data_dir)
+        self._db_lock = threading.RLock()  # the connection; may be held while taking _mem, never the reverse
+        self._mem = threading.Lock()  # _live, _dirty, _fault
         self._live: dict[str, Job] = {}
+        self._dirty: dict[str, int] = {}  # job id -> change number: state not yet written (retried)
+        self._changes = 0
+        self._fault: str | None = None
         self._lock_file = None
-        self._db: sqlite3.Connection | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
 
     @classmethod
     def open(cls, settings) -> "JobStore":
@@ -123,35 +167,14 @@ class JobStore:
                               "writable folder") from exc
         self._lock_folder()
         try:
-            self._open_db()
+            self._db.open()
+            self._sweep_orphans()
+            self.prune()
         except BaseException:
             self.close()  # release the folder lock
             raise
-
-    def _open_db(self) -> None:
-        try:
-            db = sqlite3.connect(self.data_dir / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the job database in {self.data_dir} ({exc}); set FLUX_DATA_DIR to a "
-                              "writable folder") from exc
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a 202 means the job is on disk, even across a power cut
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            db.close()
-            raise ConfigError(f"the job database {self.data_dir / 'jobs.sqlite3'} cannot be read ({exc}); move it "
-                              "aside to start with an empty job store") from exc
-        if version > SCHEMA_VERSION:
-            db.close()
-            raise ConfigError(f"{self.data_dir / 'jobs.sqlite3'} was written by a newer flux-service (schema "
-                              f"{version}, this one reads {SCHEMA_VERSION}); upgrade, or set FLUX_DATA_DIR elsewhere")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db = db
-        self._sweep_orphans()
-        self.prune()
+        self._writer = threading.Thread(target=self._write_loop, name="flux-job-store", daemon=True)
+        self._writer.start()
 
     def _lock_folder(self) -> None:
         try:
@@ -174,76 +197,263 @@ class JobStore:
         self._lock_file = handle
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Stop the writer, write what is still pending (once more), close the database, free the folder."""
+        self._stop.set()
+        self._wake.set()
+        if self._writer is not None:
+            self._writer.join(timeout=10)
+            self._writer = None
+        if self._db.conn is not None and not self._flush():
+            with self._mem:
+                left = list(self._dirty)
+            logger.error("job store: closing with %d job update(s) not written (%s): %s; those jobs run again "
+                         "after the next start if their rows say queued or running", len(left), self._fault,
+                         ", ".join(left))
+        with self._db_lock:
+            self._db.close()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
 
+    # ------------------------------------------------------------------ database access, with repair
+    def _call(self, op):
+        """Run ``op(connection)``; repair what can be repaired (a vanished or damaged file) and run it again;
+        otherwise record the fault and raise ``StoreUnavailable``."""
+        with self._db_lock:
+            if self._db.conn is None:
+                raise StoreUnavailable("the job store is closed")
+            self._check_files()
+            try:
+                return op(self._db.conn)
+            except sqlite3.Error as exc:
+                kind = classify(exc)
+                if kind == "damaged" and self._repair_damaged(exc):
+                    try:
+                        return op(self._db.conn)
+                    except sqlite3.Error as again:
+                        exc, kind = again, classify(again)
+                reason = describe(kind, exc)
+                self._set_fault(reason)
+                raise StoreUnavailable(reason) from exc
+
+    def _check_files(self) -> None:
+        """Before each use: the database file is still ours and still SQLite's, else it is replaced now (the
+        open connection would go on working while what it writes is lost at the next start)."""
+        vanished = self._db.vanished()
+        why, detail = ("vanished", vanished) if vanished else ("damaged", self._db.overwritten())
+        if detail is None:
+            return
+        try:
+            self._db.replace(why, detail)
+        except (OSError, sqlite3.Error) as exc:
+            reason = ("the job database was deleted and could not be recreated in the data folder" if vanished else
+                      "the job database is damaged and a new one could not be started in the data folder")
+            if self._set_fault(reason):  # logged once, not at every retry
+                logger.error("job store: the job database %s and could not be replaced: %s", detail, exc)
+            raise StoreUnavailable(reason) from exc
+        self._write_all_live()
+
+    def _repair_damaged(self, exc: sqlite3.Error) -> bool:
+        """True when the database works again (a fresh connection, or a new file with every job in memory)."""
+        try:
+            if not self._db.confirm_damaged():
+                self._db.reopen()
+                logger.warning("job store: the connection reported %s but the file reads fine; reconnected", exc)
+                return True
+            self._db.replace("damaged", f"is damaged ({exc})")
+        except (OSError, sqlite3.Error) as again:
+            logger.error("job store: the job database is damaged (%s) and could not be replaced: %s", exc, again)
+            return False
+        self._write_all_live()
+        return True
+
+    def _write_all_live(self) -> None:
+        """After the database was replaced: every job in memory gets its row again (in submission order); if that
+        fails too, they all wait for the writer thread."""
+        with self._mem:
+            jobs = sorted(self._live.values(), key=lambda j: j.created_at)
+        try:
+            self._db.conn.executemany(_UPSERT, [_row(j) for j in jobs])
+        except sqlite3.Error as exc:
+            logger.error("job store: could not write the %d job(s) in memory into the new database (%s); retrying",
+                         len(jobs), exc)
+            with self._mem:
+                for job in jobs:
+                    self._changes += 1
+                    self._dirty[job.id] = self._changes
+            return
+        with self._mem:
+            self._dirty.clear()
+            for job in jobs:
+                if job.done:
+                    self._live.pop(job.id, None)
+        if jobs:
+            logger.info("job store: wrote the %d job(s) held in memory into the new database", len(jobs))
+
+    def _set_fault(self, reason: str) -> bool:
+        """Record why the store fails; True (and one log line) when it was working until now."""
+        with self._mem:
+            first, self._fault = self._fault is None, reason
+        if first:
+            logger.error("job store: %s; jobs stay in memory and their updates are retried every %gs", reason,
+                         RETRY_S)
+        self._wake.set()
+        return first
+
+    def _clear_fault(self) -> None:
+        with self._mem:
+            was, self._fault = self._fault, None
+        if was is not None:
+            logger.warning("job store: writable again (was: %s)", was)
+
+    def fault(self) -> str | None:
+        """Why the store cannot keep its promise now (``/ready`` answers 503 with it), or None."""
+        with self._mem:
+            if self._fault is not None:
+                return self._fault + (f"; {len(self._dirty)} job update(s) wait to be written" if self._dirty else "")
+        if self._writer is not None and not self._writer.is_alive() and not self._stop.is_set():
+            return "the job store's writer thread stopped"
+        return None
+
     # ------------------------------------------------------------------ the worker's journal
     def accepted(self, job: Job) -> None:
-        """Persist a new job before it enters the queue: once the client has its 202, a restart keeps it."""
-        request = json.dumps(asdict(job.request), ensure_ascii=False, default=str)
+        """Persist a new job before it enters the queue: once the client has its 202, a restart keeps it.
+        Raises ``StorageError`` (503) when it cannot be written now. Recording the same job again is a no-op."""
+        with self._mem:
+            if job.id in self._live:
+                return
         try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT INTO jobs (id, status, request, total, adapter, lora_scale, created_at) "
-                    "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                    (job.id, request, job.total, job.adapter, job.lora_scale, job.created_at))
-                self._live[job.id] = job
-        except sqlite3.Error as exc:
-            logger.error("job store: could not record job %s: %s", job.id, exc)
-            raise StorageError(f"the job could not be saved ({exc}); it was not queued") from exc
+            self._call(lambda db: db.execute(_UPSERT, _row(job)))
+        except StoreUnavailable as exc:
+            logger.error("job store: could not record job %s: %s", job.id, exc.reason)
+            raise StorageError(f"the job could not be saved ({exc.reason}); it was not queued") from None
+        with self._mem:
+            self._live[job.id] = job
+
+    def discard(self, job: Job) -> None:
+        """A job recorded by ``accepted`` that was then not queued (the client got an error): forget it."""
+        with self._mem:
+            self._live.pop(job.id, None)
+            self._dirty.pop(job.id, None)
+        try:
+            self._call(lambda db: db.execute("DELETE FROM jobs WHERE id=? AND status='queued'", (job.id,)))
+        except StoreUnavailable as exc:
+            logger.error("job store: job %s was refused but its row could not be removed (%s); it may run after "
+                         "the next start", job.id, exc.reason)
 
     def adopt(self, job: Job) -> None:
         """A job read back at start-up (``resume``): known again, already on disk."""
-        with self._lock:
+        with self._mem:
             self._live[job.id] = job
 
     def started(self, job: Job) -> None:
+        """A worker starts running it (the row says running: if the service goes down now, it runs again)."""
         job.attempts += 1
-        self._write("UPDATE jobs SET status='running', started_at=?, attempts=? WHERE id=?",
-                    (job.started_at, job.attempts, job.id))
+        if not job.done:
+            job.status = "running"  # as the worker already set it; the journal's word does not depend on that
+        self._record(job)
 
     def interrupted(self, job: Job) -> None:
-        """The service stopped it at its shutdown grace: back to queued, to run again after the next start."""
-        self._write("UPDATE jobs SET status='queued', started_at=NULL WHERE id=?", (job.id,))
-
-    def save_image(self, job: Job, png: bytes) -> None:
-        """Write the PNG before the job is marked succeeded (temp file + rename: never half a file)."""
-        path = self.image_path(job.id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(png)
-        os.replace(tmp, path)
-        job.image_bytes = len(png)
+        """Stopped by a shutdown (the job is queued again, ``Job.suspend``): written as queued, to run again."""
+        self._record(job)
 
     def finished(self, job: Job) -> None:
-        """Record the terminal state, forget the in-memory job (its PNG is a file now), apply retention."""
-        image = f"{job.id}.png" if job.status == "succeeded" else None
-        self._write("UPDATE jobs SET status=?, started_at=?, finished_at=?, record=?, image=?, image_bytes=? "
-                    "WHERE id=?", (job.status, job.started_at, job.finished_at,
-                                   json.dumps(job.to_dict(), ensure_ascii=False), image,
-                                   job.image_bytes if image else 0, job.id))
-        with self._lock:
-            self._live.pop(job.id, None)
-        self.prune()
+        """Record the terminal state; the in-memory job is forgotten once that is written (its PNG is a file)."""
+        self._record(job)
 
-    def _write(self, sql: str, params: tuple) -> None:
+    def save_image(self, job: Job, png: bytes) -> None:
+        """Write the PNG before the job is marked succeeded; its sha256 goes into the row. Raises OSError (the
+        worker fails the job with ``storage_unavailable``); a full disk is a fault until space returns."""
         try:
-            with self._lock:
-                self._db.execute(sql, params)
-        except sqlite3.Error:
-            logger.exception("job store: write failed (%s)", sql.split(" SET")[0])
+            write_file(self.image_path(job.id), png)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._set_fault("the disk holding the data folder is full")
+            raise
+        job.image_bytes = len(png)
+        job.image_sha256 = hashlib.sha256(png).hexdigest()
+
+    def _record(self, job: Job) -> None:
+        """Write the job's state now, or (while the database is failing) keep it for the writer thread."""
+        with self._mem:
+            self._changes += 1
+            self._dirty[job.id] = self._changes
+            self._live.setdefault(job.id, job)
+            behind = self._fault is not None and len(self._dirty) > 1
+        if behind:  # others wait already: keep the order, do not block the worker on a known fault
+            self._wake.set()
+            return
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Write every pending job state in order; True when none is left. Finished jobs leave memory once
+        written; retention runs after."""
+        with self._mem:
+            pending = [(self._live[i], n) for i, n in self._dirty.items() if i in self._live]
+        if not pending:
+            return True
+        try:
+            for job, change in pending:
+                self._call(lambda db, job=job: db.execute(_UPSERT, _row(job)))
+                with self._mem:
+                    if self._dirty.get(job.id) == change:  # not changed again meanwhile
+                        del self._dirty[job.id]
+                        if job.done:
+                            self._live.pop(job.id, None)
+        except StoreUnavailable:
+            return False
+        self._clear_fault()
+        self.prune()
+        return True
+
+    def _write_loop(self) -> None:
+        """Retry pending writes, notice a vanished database file, clear a fault once the store works again."""
+        while not self._stop.is_set():
+            self._wake.wait(RETRY_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                with self._mem:
+                    dirty, fault = bool(self._dirty), self._fault
+                if dirty:
+                    self._flush()
+                elif fault is not None:
+                    self._probe()
+                else:
+                    self._call(lambda db: None)  # checks that the file is still there (and recreates it)
+            except StoreUnavailable:
+                pass
+            except Exception:  # noqa: BLE001 - a bug here must not stop the retries
+                logger.exception("job store: writer thread error")
+
+    def _probe(self) -> None:
+        """Nothing pending but a fault recorded: is the database writable (and the disk not full) again?"""
+        def can_write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock, as a write would
+            db.execute("ROLLBACK")
+
+        self._call(can_write)
+        if shutil.disk_usage(self.data_dir).free < MIN_FREE_BYTES:
+            return
+        self._clear_fault()
 
     # ------------------------------------------------------------------ reads
+    def live(self, job_id: str) -> Job | None:
+        """A queued or running job (or a finished one not written yet): memory only, safe on the event loop."""
+        with self._mem:
+            return self._live.get(job_id)
+
     def get(self, job_id: str) -> Job | StoredJob:
-        with self._lock:
-            live = self._live.get(job_id)
-            if live is not None:
-                return live
-            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone() if self._db else None
+        """Any job; reads the database for finished ones (so call it from a thread, not the event loop)."""
+        live = self.live(job_id)
+        if live is not None:
+            return live
+        try:
+            row = self._call(lambda db: db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        except StoreUnavailable as exc:
+            raise StorageError(f"job {job_id!r} cannot be looked up now ({exc.reason}); retry later",
+                               param="id") from None
         if row is None or row["record"] is None or self._expired(row):
             if row is not None and row["record"] is not None:
                 self.prune()
@@ -255,58 +465,69 @@ class JobStore:
     def image_path(self, job_id: str) -> Path:
         return self.images / f"{job_id}.png"
 
-    def read_image(self, job_id: str) -> bytes:
+    def read_image(self, job: Job | StoredJob) -> bytes:
+        """The PNG of a succeeded job, checked against the sha256 recorded when it was written."""
+        path = self.image_path(job.id)
         try:
-            return self.image_path(job_id).read_bytes()
+            png = path.read_bytes()
         except FileNotFoundError:
-            raise NotFound(f"job {job_id!r}: its image was removed from the data folder (retention by count, "
+            raise NotFound(f"job {job.id!r}: its image was removed from the data folder (retention by count, "
                            "bytes or age), so it may have expired", param="id") from None
+        expected = job.image_sha256
+        if expected is not None and hashlib.sha256(png).hexdigest() != expected:
+            logger.error("job store: image %s of job %s does not match the sha256 recorded when it was written "
+                         "(the file was changed or damaged on disk); not served", path, job.id)
+            raise ImageCorrupt(f"job {job.id!r}: its image file in the data folder is damaged (it no longer matches "
+                               "the sha256 recorded when it was made); submit the job again", param="id")
+        return png
 
     def pending_rows(self) -> list[sqlite3.Row]:
         """Jobs a previous run accepted but did not finish, in submission order."""
-        with self._lock:
-            return self._db.execute(
-                "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq").fetchall()
+        return self._call(lambda db: db.execute(
+            "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq").fetchall())
 
     def live_count(self) -> int:
-        with self._lock:
+        with self._mem:
             return len(self._live)
 
     def __len__(self) -> int:
         """Jobs known: unfinished ones plus finished ones still kept."""
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        return self._call(lambda db: db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     def kept_bytes(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COALESCE(SUM(image_bytes), 0) FROM jobs").fetchone()[0]
+        return self._call(lambda db: db.execute("SELECT COALESCE(SUM(image_bytes), 0) FROM jobs").fetchone()[0])
 
     # ------------------------------------------------------------------ retention
     def _expired(self, row: sqlite3.Row) -> bool:
         return row["finished_at"] is not None and time.time() - row["finished_at"] > self.ttl_s
 
     def prune(self) -> int:
-        """Forget finished jobs past their TTL or beyond the count/bytes bounds (oldest first)."""
-        with self._lock:
-            if self._db is None:
-                return 0
-            rows = self._db.execute("SELECT id, finished_at, image, image_bytes FROM jobs "
-                                    "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, seq DESC").fetchall()
+        """Forget finished jobs past their TTL or beyond the count/bytes bounds (oldest first). Never raises: a
+        database that cannot be written now is pruned on a later call."""
+        def forget(db: sqlite3.Connection) -> list:
+            rows = db.execute("SELECT id, finished_at, image, image_bytes FROM jobs "
+                              "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, seq DESC").fetchall()
             doomed = retention.to_remove(rows, now=time.time(), ttl_s=self.ttl_s, max_kept=self.max_kept,
                                          max_bytes=self.max_bytes)
-            if not doomed:
-                return 0
-            self._db.executemany("DELETE FROM jobs WHERE id=?", [(r["id"],) for r in doomed])
+            if doomed:
+                db.executemany("DELETE FROM jobs WHERE id=?", [(r["id"],) for r in doomed])
+            return doomed
+
+        try:
+            doomed = self._call(forget)
+        except StoreUnavailable:
+            return 0
         for r in doomed:  # after the commit: a crash here leaves an orphan file, swept at the next start
             if r["image"]:
                 (self.images / r["image"]).unlink(missing_ok=True)
-        logger.debug("job store: forgot %d finished job(s)", len(doomed))
+        if doomed:
+            logger.debug("job store: forgot %d finished job(s)", len(doomed))
         return len(doomed)
 
     def _sweep_orphans(self) -> None:
         """Files no row names (a crash between writing an image and recording it, or half-written temps)."""
-        with self._lock:
-            named = {r[0] for r in self._db.execute("SELECT image FROM jobs WHERE image IS NOT NULL")}
+        named = {r[0] for r in self._call(lambda db: db.execute("SELECT image FROM jobs WHERE image IS NOT NULL"
+                                                                 ).fetchall())}
         for path in self.images.iterdir():
             if path.name not in named:
                 path.unlink(missing_ok=True)

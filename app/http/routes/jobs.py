@@ -33,6 +33,8 @@ from pipelines.errors import Cancelled
 router = APIRouter()
 
 _NOT_FOUND = error_responses(404)
+#: a finished job is read from the job database: 503 `storage_unavailable` while it cannot be read
+_STORAGE = error_responses(503)
 _JOB = {"model": JobSchema, "description": "The job."}
 KEEPALIVE_S = 15.0
 PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, image} while the job runs: a small "
@@ -51,21 +53,28 @@ async def create_job(request: Request) -> JSONResponse:
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
+async def find_job(request: Request, job_id: str) -> Job | StoredJob:
+    """A queued or running job from memory; a finished one from the database, read in a thread (the database may
+    wait for another process's lock; the event loop must not)."""
+    store = jobs_of(request)
+    return store.live(job_id) or await asyncio.to_thread(store.get, job_id)
+
+
 @router.get("/api/jobs/{job_id}", summary="A job's state", response_model=None,
-            responses={200: _JOB, **_NOT_FOUND})
+            responses={200: _JOB, **_NOT_FOUND, **_STORAGE})
 async def get_job(job_id: str, request: Request) -> dict:
-    return jobs_of(request).get(job_id).to_dict()
+    return (await find_job(request, job_id)).to_dict()
 
 
 @router.get("/api/jobs/{job_id}/image", response_class=Response, summary="A finished job's PNG",
             responses={200: png_response("The image; the headers say what was used.", RESULT_HEADERS, HEADER_DOCS),
-                       **error_responses(404, 409)})
+                       **error_responses(404, 409, 500), **_STORAGE})  # 500: image_corrupt
 async def get_job_image(job_id: str, request: Request) -> Response:
-    store = jobs_of(request)
-    job = store.get(job_id)
+    job = await find_job(request, job_id)
     if job.status != "succeeded":
         raise Conflict(f"job {job_id!r} is {job.status}; its image exists only once it has succeeded", param="id")
-    png = await asyncio.to_thread(store.read_image, job_id)  # a file: finished jobs hold no image in memory
+    # a file (finished jobs hold no image in memory), checked against the sha256 recorded when it was written
+    png = await asyncio.to_thread(jobs_of(request).read_image, job)
     return Response(png, media_type="image/png", headers=result_headers(job))
 
 
@@ -74,7 +83,7 @@ async def get_job_image(job_id: str, request: Request) -> Response:
                           **error_responses(404, 503)})
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Queued: removed from the queue. Running: stopped at the next denoising step. Finished: unchanged."""
-    job = jobs_of(request).get(job_id)
+    job = await find_job(request, job_id)
     worker_of(request).cancel(job, Cancelled("cancelled by the client (DELETE)"))
     if not job.done:
         await job.wait_done(timeout=10.0)
@@ -158,10 +167,10 @@ async def _events(job: Job | StoredJob, previews: bool):
                                             "events, then one of `succeeded`, `failed`, `cancelled` (data: the job); "
                                             "see the module docs.",
                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                       **error_responses(404, 422)},  # 422: `preview` that is not a boolean
+                       **error_responses(404, 422), **_STORAGE},  # 422: `preview` that is not a boolean
             response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request,
                      preview: bool = Query(False, description=PREVIEW_DOC)) -> StreamingResponse:
-    job = jobs_of(request).get(job_id)
+    job = await find_job(request, job_id)
     return StreamingResponse(_event_stream(job, preview), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

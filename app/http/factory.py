@@ -11,7 +11,9 @@ folder is locked, so a second service on the same folder stops at once), loads t
 did not finish back into the queue, and starts the worker. Shutdown starts at the signal, not at the lifespan
 (see ``app/jobs/shutdown.py``): refuse new work, answer queued direct requests 503, keep queued jobs on disk, let
 the running image finish for ``shutdown_grace_s``, then let uvicorn close. Without a signal (tests, an
-embedding server) the lifespan's end runs the same drain.
+embedding server) the lifespan's end runs the same drain. A watchdog task stops the process the same way, with
+exit status 70, if the worker thread dies. A configuration error found during start-up is one line on stderr
+(``app/http/startup_errors.py``), not a traceback.
 """
 
 from __future__ import annotations

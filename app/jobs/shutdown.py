@@ -15,6 +15,10 @@ the port stays open; when the running image is done (or stopped at the end of th
 on to the server, which now finds only finished responses to wait for. A second signal passes on at once and
 stops the running image at its next step. If the server left its own graceful timeout unset, it is bounded to
 ``SERVER_CLOSE_S`` so a stuck client cannot hold the exit past grace + 5 s.
+
+The same path stops the service when its worker thread has died (``watch_worker`` -> ``SignalDrain.fail``):
+the drain answers what waits, the server closes, and the process exits with ``FAILURE_EXIT_STATUS`` (70) so
+that its supervisor starts a fresh one, which resumes the jobs kept on disk.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ interrupted and finished, so a job's state on disk follows it; direct requests a
 and never recorded. Shutdown (``begin_drain``, called at SIGTERM): queued direct requests are answered 503
 at once, queued jobs stay queued on disk for the next start, the running image may finish until the grace
 ends and is then stopped at its next step (a stopped job goes back to queued on disk).
+
+Faults: an exception while serving one job fails that job and the thread goes on. If the thread itself stops
+(an exception that is not an ``Exception``, a bug in the loop), ``failure`` says why, direct requests waiting
+for it are answered 503 at once and durable jobs stay on disk; ``/ready`` answers 503 and the lifespan stops
+the process with a non-zero status (``app/jobs/shutdown.py``) so that its supervisor restarts it.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ class JobDatabase:
             raise
         self.conn = db
         self._identity = self._stat()
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = os.open(self.path, os.O_RDONLY) if hasattr(os, "pread") else None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -174,7 +174,7 @@ class JobDatabase:
         """Why the files on disk are no longer SQLite's (the database's or the WAL's header overwritten), or None.
         Cheap (two small reads), so checked before every use: the open connection may go on working from what it
         holds in memory while everything it writes would be unreadable at the next start."""
-        if self._fd is None:
+        if self._fd is None or not hasattr(os, "pread"):  # (Windows: no check)
             return None
         try:
             head = os.pread(self._fd, 16, 0)

@@ -37,7 +37,7 @@ HEADER_DOCS = {
     "X-Adapter-Hash": "sha256 of the adapter file, first 12 hex digits (as `flux-service lora inspect` prints), "
                       "or `none`.",
     "X-Adapter-Warnings": "JSON list (ASCII-escaped) of warnings about the adapter, e.g. the demo LoRA standing in "
-                          "for yours.",
+                          "for yours; cut at 2048 characters like X-Prompt-Warnings.",
     "X-Lora-Scale": "The LoRA strength applied (0 without a LoRA).",
     "X-Seed": "The seed used (send it back as `seed` to get the same image).",
     "X-Steps": "Denoising steps run.",
@@ -47,7 +47,9 @@ HEADER_DOCS = {
     "X-Generation-Time": "Seconds spent generating (queue wait excluded).",
     "X-Queue-Wait": "Seconds spent waiting in the queue.",
     "X-Demo-Model": "`true` when the embedded demo model (random weights) made the image.",
-    "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...",
+    "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...; "
+                         "past 2048 characters the list is cut and its last item ends with `…[cut: ...]` (the full "
+                         "list is in the PNG metadata and the job's info).",
     "X-Job-Id": "The id of the job that made it.",
     "X-Replica": "The engine replica that made it under Ray Serve (`flux-service serve --ray`), else `local`.",
     "X-Loras": "JSON list (ASCII-escaped) of every LoRA of the image with its strength: "

@@ -3,6 +3,10 @@
 The FastAPI app is built inside the replica (``__serve_build_asgi_app__``), so what Ray ships between
 processes is only a handle and the settings, and the app's lifespan (start-up, drain) runs as it does under
 uvicorn. No ``@serve.multiplexed`` here: it belongs on the engine deployment.
+
+``begin_drain`` / ``drain_state`` (called through a handle by ``flux-service serve --ray`` at SIGTERM) start
+the app's shutdown drain while Ray's proxy and the engine replicas are still up, so the running image can
+finish and its answer get through before anything is stopped (``lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ class RayBackend:
 @serve.ingress()
 class FluxIngress:
     def __init__(self, engine_handle, settings, extend_app=None) -> None:
+        from app.ray_serve.logs import route_to_serve_logs
+
+        route_to_serve_logs()
+        self._app = None
         self._handle = engine_handle
         self._settings = settings
         #: optional ``callable(app) -> app`` applied to the built app (the tests add their routes this way)
@@ -39,4 +47,25 @@ class FluxIngress:
         from app.http.factory import create_app
 
         app = create_app(self._settings, backend=RayBackend(self._handle))
-        return self._extend_app(app) if self._extend_app is not None else app
+        self._app = self._extend_app(app) if self._extend_app is not None else app
+        return self._app
+
+    async def begin_drain(self, grace_s: float) -> dict:
+        """Shutdown, as SIGTERM does in one process: no new work, queued jobs kept, running images get
+        ``grace_s``. Returns at once; ``drain_state`` says when nothing runs any more."""
+        worker = self._app.state.worker if self._app is not None else None
+        if worker is not None:
+            worker.begin_drain(grace_s)
+        return await self.drain_state()
+
+    async def hurry(self) -> None:
+        """A second signal: stop the running images at their next step."""
+        worker = self._app.state.worker if self._app is not None else None
+        if worker is not None:
+            worker.hurry()
+
+    async def drain_state(self) -> dict:
+        worker = self._app.state.worker if self._app is not None else None
+        if worker is None:
+            return {"idle": True, "running": False}
+        return {"idle": worker.idle(), "running": worker.busy()}

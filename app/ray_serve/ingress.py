@@ -4,12 +4,15 @@ The FastAPI app is built inside the replica (``__serve_build_asgi_app__``), so w
 processes is only a handle and the settings, and the app's lifespan (start-up, drain) runs as it does under
 uvicorn. No ``@serve.multiplexed`` here: it belongs on the engine deployment.
 
-``begin_drain`` / ``drain_state`` (called through a handle by ``flux-service serve --ray`` at SIGTERM) start
-the app's shutdown drain while Ray's proxy and the engine replicas are still up, so the running image can
-finish and its answer get through before anything is stopped (``lifecycle.py``).
+``drain`` / ``hurry`` (called through a handle by ``flux-service serve --ray`` at SIGTERM) run the app's
+shutdown drain while Ray's proxy and the engine replicas are still up, so the running image can finish and
+its answer get through before anything is stopped (``lifecycle.py``).
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 from ray import serve
 
@@ -50,12 +53,15 @@ class FluxIngress:
         self._app = self._extend_app(app) if self._extend_app is not None else app
         return self._app
 
-    async def begin_drain(self, grace_s: float) -> dict:
+    async def drain(self, grace_s: float, wait_s: float) -> dict:
         """Shutdown, as SIGTERM does in one process: no new work, queued jobs kept, running images get
-        ``grace_s``. Returns at once; ``drain_state`` says when nothing runs any more."""
+        ``grace_s``; returns when nothing runs any more (or after ``wait_s``)."""
         worker = self._app.state.worker if self._app is not None else None
         if worker is not None:
             worker.begin_drain(grace_s)
+            end = time.monotonic() + wait_s
+            while not worker.idle() and time.monotonic() < end:
+                await asyncio.sleep(0.1)
         return await self.drain_state()
 
     async def hurry(self) -> None:

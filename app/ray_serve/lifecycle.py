@@ -12,8 +12,9 @@ processes behind. What happens now, on the first SIGTERM or SIGINT:
    last answers to be written.
 3. A private Ray instance (the default: no ``RAY_ADDRESS``) is shut down with Serve and Ray, and we wait for
    its processes to be gone (killing any that linger past ``REAP_S``). A joined cluster is only left.
-Exit status 0. A second signal stops the running images at once (their next step). A signal during
-start-up stops it and cleans up the same way.
+Exit status 0 (1 when the application failed to start: the replica's error is logged, then the same
+clean-up). A second signal stops the running images at once (their next step). A signal during start-up
+stops it and cleans up the same way.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ REAP_S = 10.0
 DRAIN_MARGIN_S = 10.0
 
 
-class _StartInterrupted(Exception):
-    """A signal arrived while the app was still starting."""
+class _StartInterrupted(BaseException):
+    """A signal arrived while the app was still starting (a BaseException, like KeyboardInterrupt: no
+    ``except Exception`` on the way may swallow it)."""
 
 
 class _Signals:
@@ -64,21 +66,33 @@ def serve_forever(settings, replicas: int, *, setup_hook: str | None = None, ext
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's progress lines here; ours say it all
     private = connect(setup_hook=setup_hook)
+    status = 0
     signals = _Signals()
     signals.install()
     try:
-        start(settings, replicas, extend_app=extend_app)
-        signals.serving = True
-        while not signals.event.wait(1.0):
-            pass
-        _drain(settings.shutdown_grace_s, signals)
+        try:
+            start(settings, replicas, extend_app=extend_app)
+        except Exception as exc:  # noqa: BLE001 - e.g. a replica's start-up failed: Serve's message, no traceback
+            logger.error("start-up failed: %s", _last_line(exc))
+            status = 1
+        else:
+            signals.serving = True
+            while not signals.event.wait(1.0):
+                pass
+            _drain(settings.shutdown_grace_s, signals)
     except _StartInterrupted as exc:
         logger.info("shutdown (%s) during start-up: stopping", exc)
     finally:
         signals.serving = True  # a further signal now only hurries the steps below
         _stop(private)
         signals.uninstall()
-    return 0
+    return status
+
+
+def _last_line(exc: BaseException) -> str:
+    """Serve wraps a replica's start-up error in its traceback; the last line names the error and says why."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _drain(grace_s: float, signals: _Signals) -> None:

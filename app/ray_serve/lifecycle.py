@@ -10,8 +10,9 @@ processes behind. What happens now, on the first SIGTERM or SIGINT:
    ``FLUX_SHUTDOWN_GRACE_S``, then are stopped at their next step); we wait until it reports nothing running.
 2. Our application alone is deleted (``serve.delete``): the ingress closes the job store, Serve waits for the
    last answers to be written.
-3. A private Ray instance (the default: no ``RAY_ADDRESS``) is shut down with Serve and Ray, and we wait for
-   its processes to be gone (killing any that linger past ``REAP_S``). A joined cluster is only left.
+3. A private Ray instance (the default: no ``RAY_ADDRESS``) is shut down (``ray.shutdown``: its processes,
+   Serve's controller and proxy with them), and we wait for them to be gone (killing any that linger past
+   ``REAP_S``). A joined cluster is only left.
 Exit status 0 (1 when the application failed to start: the replica's error is logged, then the same
 clean-up). A second signal stops the running images at once (their next step). A signal during start-up
 stops it and cleans up the same way.
@@ -62,6 +63,8 @@ class _Signals:
 
 def serve_forever(settings, replicas: int, *, setup_hook: str | None = None, extend_app=None) -> int:
     """Run until SIGTERM/SIGINT, then drain and exit cleanly (module docstring); returns the exit status."""
+    import ray.serve  # noqa: F401 - its import sets up the "ray.serve" logger, which we then turn down
+
     from app.ray_serve.launch import connect, start
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's progress lines here; ours say it all
@@ -121,7 +124,7 @@ def _drain(grace_s: float, signals: _Signals) -> None:
 
 
 def _stop(private: bool) -> None:
-    """Remove our application; a private instance: stop Serve and Ray and wait for their processes."""
+    """Remove our application; a private instance: stop Ray and wait for its processes."""
     import ray
     from ray import serve
 
@@ -132,12 +135,7 @@ def _stop(private: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - never deployed, or Ray already gone: nothing of ours is left there
         logger.info("shutdown: application %r not deleted (%s)", APP_NAME, exc)
     ours = _ray_processes() if private else []
-    if private:
-        try:
-            serve.shutdown()
-        except Exception:  # noqa: BLE001
-            logger.exception("shutdown: Serve did not shut down cleanly")
-    ray.shutdown()
+    ray.shutdown()  # a private instance: stops its processes, Serve's controller and proxy included
     if ours:
         _reap(ours)
     logger.info("shut down%s", " (Ray stopped)" if private else " (the cluster keeps running)")

@@ -22,12 +22,14 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from . import wording
-from .cedict_index import HAN, Sources, ensure_index, find_sources, load_index
+from pipelines.prompt import wording
+from pipelines.prompt.cedict_index import HAN, Sources, ensure_index, find_sources, load_index
+from pipelines.prompt.glossary import Hit
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +40,6 @@ _NOUNISH = frozenset("n s a b m q g x t j l i z".split())
 _CLOSING = tuple(",.;:!?)]}")
 _PREPOSITIONS = frozenset("in on at under beside behind near inside outside above below around between among "
                           "opposite deep".split())
-
-
-@dataclass(frozen=True)
-class Fixed:
-    """A span the glossary already translated (a term, or punctuation made ASCII)."""
-
-    start: int
-    end: int
-    english: str
-    term: bool  # False: punctuation
 
 
 @dataclass(frozen=True)
@@ -162,8 +154,8 @@ class Dictionary:
         return (wording.gerund(english), "v") if kind == "v" else (english, kind)
 
     # --- a whole prompt -----------------------------------------------------------------------------
-    def render(self, text: str, fixed: list[Fixed]) -> Rendered:
-        """The English of ``text``: ``fixed`` spans as given (the glossary's), the rest word by word."""
+    def render(self, text: str, fixed: Sequence[Hit]) -> Rendered:
+        """The English of ``text``: ``fixed`` spans as given (the glossary's hits), the rest word by word."""
         pieces: list[_Piece] = []
         pos = 0
         for f in sorted(fixed, key=lambda f: f.start):

@@ -161,9 +161,9 @@ def choose_sense(word: str, entries: list[tuple[str, list[str]]], tag: str) -> t
                 continue
             for part in sense.split(";"):
                 cleaned = clean_sense(part)
-                n = len(cleaned.split())
-                alternatives = cleaned.split(" or ") if 3 < n <= 6 else [cleaned]
-                for alt in alternatives:  # "to put on or wear" -> "put on", "wear"
+                n = len(cleaned.split())  # "to put on or wear" -> "put on", "wear" (verbs only: not "cigarette")
+                alternatives = cleaned.split(" or ") if 3 < n <= 6 and cleaned.startswith("to ") else [cleaned]
+                for alt in alternatives:
                     alt = alt.strip()
                     if cleaned.startswith("to ") and not alt.startswith("to "):
                         alt = "to " + alt
@@ -171,11 +171,14 @@ def choose_sense(word: str, entries: list[tuple[str, list[str]]], tag: str) -> t
                         candidates.append(alt)
     if not candidates:
         return None
-    want_verb = tag.startswith("v") and tag != "vn"  # vn: a verbal noun (实验 experiment)
 
     def is_verb(s: str) -> bool:
         return s.startswith("to ") and not re.match(r"to (and|the|a|an|be able)\b", s)
 
+    if tag == "vn":  # a verbal noun: a verb if CC-CEDICT gives a verb sense first or second (流动 to flow,
+        want_verb = any(is_verb(c) for c in candidates[:2])  # 检查 inspection / to examine; 实验 experiment, test)
+    else:
+        want_verb = tag.startswith("v")
     preferred = [s for s in candidates if is_verb(s) == want_verb] or candidates
     short = [s for s in preferred if len(s.split()) <= 3] or [s for s in candidates if len(s.split()) <= 3] or preferred
     best = short[0]

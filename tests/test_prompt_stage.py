@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipelines.engine import FluxEngine
-from pipelines.errors import InvalidRequest
+from pipelines.errors import ConfigError, InvalidRequest
 from pipelines.prompt.glossary import CJK, load_glossary
 from pipelines.prompt.stage import PromptStage, build_prompt_stage
 from pipelines.prompt.translator import Translator, load_translator
@@ -177,6 +177,12 @@ def test_trigger_words_and_template_come_after_translation_and_are_never_transla
     plan = own.plan(request(prompt="科普主持人，微笑", task="zh"))
     assert plan.prompt == "科普主持人, science show host, smiling，演播室背景"
     assert plan.prompt_as_typed == "科普主持人, 科普主持人，微笑，演播室背景"
+
+
+def test_an_empty_models_translator_folder_stops_start_up_with_what_to_do(engine, tmp_path):
+    (tmp_path / "translator").mkdir()
+    with pytest.raises(ConfigError, match="is empty: download a model into it"):
+        build_prompt_stage(make_settings(models_dir=tmp_path), engine.pipe.tokenizer_2, "cpu", demo=True)
 
 
 def test_auto_without_a_translator_or_dictionary_says_what_stays_unreadable(engine):

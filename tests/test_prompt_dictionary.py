@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.errors import ConfigError
 from pipelines.prompt import cedict_index
 from pipelines.prompt.dictionary import Dictionary
 from pipelines.prompt.wording import chinese_number, gerund, plural
@@ -69,6 +70,13 @@ def test_the_compact_index_is_built_deterministically(dictionary, tmp_path):
     for name in ("senses.pickle", "jieba_dict.txt"):
         assert (tmp_path / name).read_bytes() == (cached / name).read_bytes(), name
     assert "CC BY-SA 4.0" in (tmp_path / "SOURCES.txt").read_text(encoding="utf-8")
+
+
+def test_an_unwritable_cache_dir_is_a_config_error_naming_the_setting(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ConfigError, match="FLUX_DICTIONARY_CACHE_DIR"):
+        Dictionary(blocked / "cache").load()
 
 
 def test_sense_rules():

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pipelines.errors import ConfigError
 from pipelines.prompt import wording
 from pipelines.prompt.cedict_index import HAN, Sources, ensure_index, find_sources, load_index
 from pipelines.prompt.glossary import Hit
@@ -92,8 +93,13 @@ class Dictionary:
 
             started = time.perf_counter()
             sources = find_sources()
-            root = ensure_index(self.cache_dir, sources)
-            senses = load_index(root)
+            try:
+                root = ensure_index(self.cache_dir, sources)
+                senses = load_index(root)
+            except OSError as exc:
+                raise ConfigError(f"could not build or read the Chinese dictionary's index in {self.cache_dir}: "
+                                  f"{exc}; set FLUX_DICTIONARY_CACHE_DIR to a writable folder (or "
+                                  "FLUX_DICTIONARY=false)") from None
             jieba.setLogLevel(logging.WARNING)  # it logs its own start-up at DEBUG to stderr otherwise
             tok = jieba.Tokenizer(str(root / "jieba_dict.txt"))
             tok.tmp_dir, tok.cache_file = str(root), "jieba.cache"

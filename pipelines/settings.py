@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     # --- durable jobs (app/jobs/) ---------------------------------------------------------------------
     data_dir: Path = Field(
         default_factory=_default_data_dir,
-        description="Job database (jobs.sqlite3) and job images; one running service per folder.",
+        description="Job database (jobs.sqlite3) and job images; processes on one host may share it.",
     )
     max_jobs_bytes: int = Field(
         default=2 * 1024**3, ge=0, description="Bytes of finished jobs' images kept at most (oldest removed first)."

@@ -78,19 +78,20 @@ def test_the_body_is_json_only_with_a_working_example_and_the_forms_are_describe
 
 
 def test_every_error_status_of_every_route_is_the_envelope_and_fastapis_422_shape_is_gone():
-    """403 (foreign Origin) can come from any route, 408 (slow body) from any route with a body."""
+    """400 (a Host not ours) and 403 (foreign Origin) can come from any route, 408 (slow body) from any route
+    with a body."""
     spec = spec_of(api_key="k")
     assert "HTTPValidationError" not in json.dumps(spec)
     for method, path, op in operations(spec):
         for status, response in op["responses"].items():
             if int(status) >= 400 and (path, status) != ("/ready", "503"):
                 assert response["content"]["application/json"]["schema"]["$ref"] == ERROR_REF, (method, path, status)
-    expected = {("POST", "/api/generate-image"): {"401", "403", "408", "413", "422", "500", "503", "504"},
-                ("POST", "/api/jobs"): {"401", "403", "408", "413", "422", "500", "503"},
-                ("GET", "/api/jobs/{job_id}"): {"401", "403", "404"},
-                ("GET", "/api/jobs/{job_id}/image"): {"401", "403", "404", "409"},
-                ("DELETE", "/api/jobs/{job_id}"): {"401", "403", "404", "503"},
-                ("GET", "/health"): {"403"}}
+    expected = {("POST", "/api/generate-image"): {"400", "401", "403", "408", "413", "422", "500", "503", "504"},
+                ("POST", "/api/jobs"): {"400", "401", "403", "408", "413", "422", "500", "503"},
+                ("GET", "/api/jobs/{job_id}"): {"400", "401", "403", "404"},
+                ("GET", "/api/jobs/{job_id}/image"): {"400", "401", "403", "404", "409"},
+                ("DELETE", "/api/jobs/{job_id}"): {"400", "401", "403", "404", "503"},
+                ("GET", "/health"): {"400", "403"}}
     for method, path, op in operations(spec):
         if (method, path) in expected:
             assert {s for s in op["responses"] if int(s) >= 400} == expected[(method, path)], (method, path)

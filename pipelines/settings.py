@@ -141,8 +141,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="A client must finish sending a request's headers within this (then the "
                                         "connection is closed); also bounds a connection that sends nothing.")
     body_timeout_s: float = Field(
-        default=30.0, gt=0, description="A client must finish sending a request's body within this after its "
-                                        "headers, else 408.")
+        default=30.0, gt=0, description="A request body must keep arriving: no gap longer than this (from the "
+                                        "headers on), else 408; see body_min_bytes_per_s.")
+    body_min_bytes_per_s: float = Field(
+        default=1024.0, gt=0, description="A request body may take body_timeout_s plus one second per this many "
+                                          "bytes received, else 408 (slow-loris protection).")
     max_connections: int = Field(
         default=200, ge=1, description="Open connections served at once; a request on a connection beyond it gets "
                                        "503 + Retry-After.")

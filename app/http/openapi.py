@@ -29,7 +29,7 @@ STATUS_TEXT = {
     401: "`FLUX_API_KEY` is set and `Authorization: Bearer <key>` is missing or wrong",
     403: "the request carries an `Origin` that is neither this service's nor in `FLUX_CORS_ORIGINS`",
     404: "unknown or expired job",
-    408: "the body did not arrive within `FLUX_BODY_TIMEOUT_S` after the headers",
+    408: "the body stopped arriving (`FLUX_BODY_TIMEOUT_S` without a byte, or under `FLUX_BODY_MIN_BYTES_PER_S`)",
     409: "the job has no image (yet): it has not succeeded",
     413: "the body is larger than `FLUX_MAX_BODY_BYTES`",
     422: "a field is missing, malformed, out of bounds or inconsistent (`param` names it)",

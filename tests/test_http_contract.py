@@ -156,6 +156,31 @@ def test_a_list_field_added_to_the_model_is_json_text_in_a_form_under_the_same_j
         model.model_validate(form_values(model, [("prompt", "p"), ("loras", "null")]))
 
 
+def test_a_405_lists_every_method_of_its_path_in_allow():
+    """Issue 17 item 20: ``OPTIONS /api/jobs/{id}`` answered ``Allow: GET`` (DELETE missing), because each
+    method is its own route and the first one's methods were sent. Every documented path, asked with a
+    method it does not have, answers 405 with exactly its documented methods."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(make_settings())
+    spec = app.openapi()
+    with_two = 0
+    client = TestClient(app)  # no lifespan: routing answers 405 before any handler or model
+    for path, ops in spec["paths"].items():
+        url = path.replace("{job_id}", "j").replace("{run_id}", "r").replace("{path}", "p.png")
+        documented = {m.upper() for m in ops}
+        for method in ("OPTIONS", "PUT", "PATCH"):
+            r = client.request(method, url)
+            assert r.status_code == 405, (method, path, r.status_code)
+            assert r.json()["error"]["type"] == "method_not_allowed"
+            allow = {m.strip() for m in r.headers["allow"].split(",")}
+            assert allow == documented, (method, path, r.headers["allow"])
+        with_two += len(ops) > 1
+    assert with_two >= 3  # /api/jobs/{job_id}, /api/trainings, /api/trainings/{run_id}
+    r = client.post("/static/app.js")  # the page's files: GET and HEAD
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+
+
 # ------------------------------------------------------------------ against the real server
 def test_every_result_header_a_real_answer_carries_is_documented(client):
     r = client.post("/api/generate-image", json={"prompt": "p", "width": 64, "height": 64, "num_inference_steps": 1})

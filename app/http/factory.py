@@ -26,6 +26,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
 from app.http import openapi
+from app.http.allow import install_allow
 from app.http.body_limit import BodyLimit
 from app.http.host_guard import HostGuard, bound_beyond_loopback_note
 from app.http.metrics import Metrics
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     app.state.params_model = params_model(engine.settings if engine is not None else settings)
 
     install_error_handlers(app)
+    install_allow(app)  # 405: Allow lists every method of the path
     from app.http.access_log import quiet_health_checks  # only the factory needs it
 
     quiet_health_checks(not settings.log_health_checks)

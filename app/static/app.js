@@ -111,7 +111,9 @@ function installPngDrop() {
   });
   let depth = 0; // dragenter/dragleave fire for every child element
   const hint = (on) => { $("drop-hint").hidden = !on; };
-  const hasFiles = (ev) => ev.dataTransfer && Array.from(ev.dataTransfer.types || []).includes("Files");
+  // only while the generator is shown (the Train tab takes its own drops: photos)
+  const hasFiles = (ev) => !$("gen-form").closest("main").hidden && ev.dataTransfer
+    && Array.from(ev.dataTransfer.types || []).includes("Files");
   document.addEventListener("dragenter", (ev) => { if (hasFiles(ev)) { depth++; hint(true); } });
   document.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) hint(false); });
   document.addEventListener("dragover", (ev) => { if (hasFiles(ev)) ev.preventDefault(); });

@@ -62,8 +62,9 @@ export function resetView(runId = "") {
 export function log(text, kind = "") {
   const time = new Date().toLocaleTimeString();
   const li = el("li", { class: kind }, el("time", { text: time }), " ", text);
-  $("train-log").append(li);
-  li.scrollIntoView({ block: "nearest" });
+  const box = $("train-log");
+  box.append(li);
+  box.scrollTop = box.scrollHeight; // the newest line in view, without scrolling the page
 }
 
 export function status(text) { $("train-status").textContent = text; }

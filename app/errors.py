@@ -74,6 +74,12 @@ class Forbidden(FluxServiceError):
     type = "forbidden_origin"
 
 
+class InvalidHost(FluxServiceError):
+    """A ``Host`` header that names no host of this service (``app/http/host_guard.py``: DNS rebinding)."""
+
+    type = "invalid_host"
+
+
 class PayloadTooLarge(FluxServiceError):
     type = "payload_too_large"
 
@@ -93,6 +99,7 @@ _STATUS: list[tuple[type[FluxServiceError], int]] = [
     (Conflict, 409),
     (Unauthorized, 401),
     (Forbidden, 403),
+    (InvalidHost, 400),
     (PayloadTooLarge, 413),
     (Overloaded, 503),
     (OutOfMemory, 503),

@@ -42,7 +42,8 @@ def cmd_serve(args) -> int:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("serve", help="start the HTTP service (POST /api/generate-image, web page at /)")
-    s.add_argument("--host", help="bind address (FLUX_HOST, default 127.0.0.1)")
+    s.add_argument("--host", help="bind address (FLUX_HOST, default 127.0.0.1; 0.0.0.0: every interface, reached by "
+                                  "IP address, or by the names in FLUX_ALLOWED_HOSTS)")
     s.add_argument("--port", type=int, help="port (FLUX_PORT, default 8000)")
     s.add_argument("--log-level", dest="log_level", default="info")
     s.add_argument("--ray", action="store_true",

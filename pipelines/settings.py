@@ -127,6 +127,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins (scheme://host[:port]) allowed to call the API from a browser, comma-separated; "
                     "requests from any other Origin are refused with 403. `*`: any origin.")
+    allowed_hosts: CommaList = Field(
+        default_factory=list,
+        description="Host names (besides localhost and IP addresses) the service answers to, comma-separated; "
+                    "`*.example.com` for subdomains, `*`: any. Other Host headers get 400 (DNS rebinding).")
     api_key: str | None = Field(default=None, description="When set, /api/* requires `Authorization: Bearer <key>`; "
                                 "set but empty is a start-up error.")
     queue_size: int = Field(default=16, ge=1, description="Requests waiting for the GPU before 503.")
@@ -143,8 +147,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="A client must finish sending a request's headers within this (then the "
                                         "connection is closed); also bounds a connection that sends nothing.")
     body_timeout_s: float = Field(
-        default=30.0, gt=0, description="A client must finish sending a request's body within this after its "
-                                        "headers, else 408.")
+        default=30.0, gt=0, description="A request body must keep arriving: no gap longer than this (from the "
+                                        "headers on), else 408; see body_min_bytes_per_s.")
+    body_min_bytes_per_s: float = Field(
+        default=1024.0, gt=0, description="A request body may take body_timeout_s plus one second per this many "
+                                          "bytes received, else 408 (slow-loris protection).")
     max_connections: int = Field(
         default=200, ge=1, description="Open connections served at once; a request on a connection beyond it gets "
                                        "503 + Retry-After.")
@@ -172,6 +179,19 @@ class Settings(BaseSettings):
     max_jobs_bytes: int = Field(
         default=2 * 1024**3, ge=0, description="Bytes of finished jobs' images kept at most (oldest removed first)."
     )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        """Names only: a scheme, port or path would never equal a Host header's name, so say so at start-up."""
+        out = []
+        for host in hosts:
+            host = host.strip().lower()
+            if host != "*" and not re.fullmatch(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?", host):
+                raise ValueError(f"{host!r} is not a host name: write names like studio.example or *.lan.example "
+                                 "(no scheme, port or path; IP addresses are always allowed)")
+            out.append(host)
+        return out
 
     @field_validator("cors_origins")
     @classmethod

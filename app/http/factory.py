@@ -27,7 +27,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
 from app.http import openapi
+from app.http.allow import install_allow
 from app.http.body_limit import BodyLimit
+from app.http.host_guard import HostGuard, bound_beyond_loopback_note
 from app.http.metrics import Metrics
 from app.http.origin_guard import OriginGuard
 from app.http.routes import generate, jobs, meta
@@ -114,6 +116,9 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
         signals.install()
         logger.info("ready: queue size %d, request timeout %gs, jobs in %s%s", settings.queue_size,
                     settings.request_timeout_s, store.data_dir, ", API key required" if settings.api_key else "")
+        note = bound_beyond_loopback_note(settings.host, settings.allowed_hosts)
+        if note:
+            logger.info(note)
         try:
             yield
         finally:
@@ -138,6 +143,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     app.state.params_model = params_model(engine.settings if engine is not None else settings)
 
     install_error_handlers(app)
+    install_allow(app)  # 405: Allow lists every method of the path
     from app.http.access_log import quiet_health_checks  # only the factory needs it
 
     quiet_health_checks(not settings.log_health_checks)
@@ -159,7 +165,9 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"],
                            expose_headers=generate.RESULT_HEADERS + ["Location"])
-    app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # outermost: 403 before any work
+    app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # 403 before any work
+    # outermost: the Origin check compares Origin with a Host that must be one of ours (DNS rebinding: 400)
+    app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts, bound_host=settings.host)
     return app
 
 

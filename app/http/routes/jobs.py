@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.errors import Conflict
 from app.http.deps import jobs_of, worker_of
+from app.http.event_schema import JOB_EVENTS, event_stream_response
 from app.http.job_schema import Job as JobSchema
 from app.http.openapi import error_responses, png_response, request_body
 from app.http.routes.generate import HEADER_DOCS, RESULT_HEADERS, result_headers
@@ -36,6 +37,10 @@ router = APIRouter()
 _NOT_FOUND = error_responses(404)
 _JOB = {"model": JobSchema, "description": "The job."}
 KEEPALIVE_S = 15.0
+#: where a new job's id leads (OpenAPI links: generated clients and schemathesis' stateful tests follow them)
+_JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+              for name, op in (("GetJob", "get_job"), ("JobEvents", "job_events"), ("JobImage", "get_job_image"),
+                               ("CancelJob", "cancel_job"))}
 PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, image} while the job runs: a small "
                "JPEG data URL (longest side <= 160 px) of the latents every few steps (app/jobs/previews.py); "
                "without it none is computed")
@@ -45,7 +50,8 @@ PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, im
              response_model=None,
              responses={202: {**_JOB, "description": "Queued; poll it or follow /api/jobs/{id}/events.",
                               "headers": {"Location": {"description": "The job's URL.", "required": True,
-                                                       "schema": {"type": "string"}}}},
+                                                       "schema": {"type": "string"}}},
+                              "links": _JOB_LINKS},
                         **error_responses(413, 422, 500, 503)})
 async def create_job(request: Request) -> JSONResponse:
     job = await submit(request, "job")  # the worker recorded it in the job store before queueing it
@@ -155,10 +161,10 @@ async def _events(job: Job, previews: bool):
 
 
 @router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
-            responses={200: {"description": "`queued`, `running`, `progress` (and with `preview=true`, `preview`) "
-                                            "events, then one of `succeeded`, `failed`, `cancelled` (data: the job); "
-                                            "see the module docs.",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            responses={200: event_stream_response(
+                "`queued`, `running`, `progress` (and with `preview=true`, `preview`) events, then one of "
+                "`succeeded`, `failed`, `cancelled` (data: the job), or `shutdown`; the schema is one event.",
+                JOB_EVENTS),
                        **error_responses(404, 422)},  # 422: `preview` that is not a boolean
             response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request,

@@ -24,6 +24,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.errors import Conflict, ErrorEnvelope, NotFound, NotReady
+from app.http.event_schema import TRAINING_EVENTS, event_stream_response
 
 router = APIRouter()
 _TERMINAL = ("succeeded", "failed", "cancelled")
@@ -118,7 +119,11 @@ def _sse(name: str, data: dict) -> bytes:
 
 
 @router.get("/api/trainings/{run_id}/events", summary="Follow a training as server-sent events",
-            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+            response_class=StreamingResponse,
+            responses={200: event_stream_response("`state` (the run), the trainer's events, then one of `succeeded`, "
+                                                  "`failed`, `cancelled` (the run); the schema is one event.",
+                                                  TRAINING_EVENTS),
+                       404: {"description": "unknown training", **_ERR}})
 async def training_events(run_id: str, request: Request) -> StreamingResponse:
     """Events: ``state`` (the run, first), then as the trainer writes them ``step`` {step, total, loss, eta_s},
     ``sample`` {step, url}, ``checkpoint``, ``resumed``, ``phase``, and finally one of ``succeeded`` /

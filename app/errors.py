@@ -29,6 +29,7 @@ from pipelines.errors import (
     OutOfMemory,
     Overloaded,
 )
+from training.errors import DatasetTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class RetryLater(Overloaded):
 
 # order matters: the first matching class wins (subclasses before their bases)
 _STATUS: list[tuple[type[FluxServiceError], int]] = [
+    (DatasetTooLarge, 413),  # a training upload with more files or unpacked bytes than its limits
     (InvalidRequest, 422),  # UnknownTask included
     (NotFound, 404),
     (Conflict, 409),

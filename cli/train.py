@@ -65,6 +65,7 @@ def cmd_train(args) -> int:
     from pipelines.model_source import resolve_model_source
     from training import load_dataset, register_task, train
     from training.dataset import DatasetLimits
+    from training.event_log import finite
     from training.name_check import check_names_free, replace_warning
     from training.options import FIELDS, parse_options
 
@@ -74,7 +75,7 @@ def cmd_train(args) -> int:
     def emit(event: dict) -> None:
         if events is not None:
             with open(events, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event, ensure_ascii=False) + "\n")
+                f.write(json.dumps(finite(event), ensure_ascii=False, allow_nan=False) + "\n")
 
     try:
         options = parse_options({k: getattr(args, k) for k in FIELDS})  # the HTTP route's rules

@@ -10,9 +10,22 @@ lines arrive, so a read costs a ``stat`` when nothing changed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from pathlib import Path
+
+
+def finite(value):
+    """``value`` with every NaN or infinity replaced by None: JSON has no NaN (a diverging training's loss
+    is NaN), and a client's JSON parser refuses the ``NaN`` that Python writes by default."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 class EventLog:
@@ -48,7 +61,7 @@ class EventLog:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(event, dict):
-                    self._add(event)
+                    self._add(finite(event))
             return len(self.events)
 
     def since(self, index: int) -> list[dict]:

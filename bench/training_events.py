@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -65,19 +66,20 @@ def photos() -> list[tuple[str, bytes]]:
     return out
 
 
-def measure(root: Path, subscribers: int, seconds: float, warm_steps: int) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="flux-bench-events-"))
+@contextmanager
+def serve(root: Path, **env_extra: str):
+    """``flux-service serve`` of the tree at ``root`` on the demo model, own folders; yields (process, url)."""
+    base = Path(tempfile.mkdtemp(prefix="flux-bench-train-"))
     (base / "models").mkdir()
     shutil.copy(root / "models" / "tasks.toml", base / "models" / "tasks.toml")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}
     env.update(FLUX_DATA_DIR=str(base / "data"), FLUX_MODELS_DIR=str(base / "models"), FLUX_DEVICE="cpu",
-               FLUX_TRAININGS_DIR=str(base / "trainings"), FLUX_MIN_SIZE="16")
-    log = open(base / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+               FLUX_TRAININGS_DIR=str(base / "trainings"), FLUX_MIN_SIZE="16", **env_extra)
+    with open(base / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    stop = threading.Event()
     try:
         end = time.monotonic() + 300
         while True:
@@ -89,6 +91,19 @@ def measure(root: Path, subscribers: int, seconds: float, warm_steps: int) -> di
             if time.monotonic() > end or proc.poll() is not None:
                 raise RuntimeError("server did not start: " + (base / "server.log").read_text()[-2000:])
             time.sleep(0.3)
+        yield proc, url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def measure(root: Path, subscribers: int, seconds: float, warm_steps: int) -> dict:
+    stop = threading.Event()
+    with serve(root) as (proc, url):
         c = httpx.Client(base_url=url, timeout=120)
         run = c.post("/api/trainings", files=[("photos", p) for p in photos()],
                      data={"name": "bench", "trigger": "ohwx", "steps": "100000"}).json()
@@ -120,14 +135,6 @@ def measure(root: Path, subscribers: int, seconds: float, warm_steps: int) -> di
         c.delete(f"/api/trainings/{run_id}")
         return {"idle": idle / seconds, "busy": busy / seconds, "steps_at_start": steps_before,
                 "steps_per_s": (steps - steps_before) / seconds, "lines": sum(received)}
-    finally:
-        stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> int:

@@ -13,12 +13,15 @@ before the attack, and the answer. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,10 +32,21 @@ from bench.training_events import export, serve  # noqa: E402
 
 def attacks() -> list[tuple[str, list[list[tuple[str, bytes]]]]]:
     """(label, the uploads sent at once: each a list of files)."""
-    png, zipped = png_bomb(13000, 13000), zip_bomb(400)
+    png, zipped, big = png_bomb(13000, 13000), zip_bomb(400), largest_photo()
     return [(f"13000x13000 1-bit PNG ({len(png) // 1024} KB) + 4 photos", [red_photos() + [("bomb.png", png)]]),
             (f"zip ({len(zipped) // 1024} KB) with a 400 MB member", [[("set.zip", zipped)]]),
-            ("the same zip, 4 requests at once", [[("set.zip", zipped)]] * 4)]
+            ("the same zip, 4 requests at once", [[("set.zip", zipped)]] * 4),
+            (f"a 7000x7000 JPEG ({len(big) // 1024**2} MB, 49 MP: allowed) + 4 photos, 4 requests at once",
+             [red_photos() + [("big.jpg", big)]] * 4)]
+
+
+def largest_photo() -> bytes:
+    """A 7000x7000 JPEG (49 megapixels, under the 50 MP default): what a legitimate upload may cost."""
+    y, x = np.mgrid[0:7000, 0:7000]
+    a = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 def run(root: Path, cases) -> list[tuple[float, float, str]]:
@@ -42,16 +56,16 @@ def run(root: Path, cases) -> list[tuple[float, float, str]]:
             time.sleep(2)  # let the allocator settle after the previous case
             answers: list[str] = []
 
-            def send(files, answers=answers) -> None:
+            def send(i, files, answers=answers) -> None:  # one name each (one name: 409 before the zip is read)
                 with httpx.Client(base_url=url, timeout=300) as c:
                     r = c.post("/api/trainings", files=[("photos", f) for f in files],
-                               data={"name": "bomb", "trigger": "ohwx", "steps": "1"})
+                               data={"name": f"bomb{i}", "trigger": "ohwx", "steps": "1"})
                     answers.append(str(r.status_code))
                     if r.status_code == 202:
                         c.delete(f"/api/trainings/{r.json()['id']}")
 
             with RssGrowth(proc.pid) as rss:
-                threads = [threading.Thread(target=send, args=(f,)) for f in uploads]
+                threads = [threading.Thread(target=send, args=(i, f)) for i, f in enumerate(uploads)]
                 for t in threads:
                     t.start()
                 for t in threads:

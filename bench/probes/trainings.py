@@ -189,11 +189,11 @@ def zip_bombs_in_parallel_stay_bounded(target: Target) -> None:
     bomb = zip_bomb(400)
     results: list[httpx.Response] = []
 
-    def send() -> None:
-        results.append(_post(server, OK, [("set.zip", bomb)]))
+    def send(i: int) -> None:  # one name each: the same name would be 409 before the zip is opened
+        results.append(_post(server, {"name": f"zipbomb{i}", "trigger": "ohwx"}, [("set.zip", bomb)]))
 
     with RssGrowth(server.proc.pid) as rss:
-        threads = [threading.Thread(target=send) for _ in range(4)]
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
         for t in threads:

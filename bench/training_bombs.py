@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import sys
 import threading
 import time
@@ -85,6 +86,8 @@ def main() -> int:
     for label, root in sides:
         for (case, _), (start, growth, answers) in zip(cases, run(root, cases)):
             print(f"| {case} | {label} | {start:.0f} | +{growth:.0f} | {answers} |", flush=True)
+        if root != ROOT:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -155,6 +155,9 @@ def main() -> int:
         costs.append(m["busy"] - m["idle"])
         print(f"| {label} | {m['idle']:.3f} | {m['busy']:.3f} | {costs[-1]:.3f} | {m['steps_per_s']:.1f} | "
               f"{m['steps_at_start']} |", flush=True)
+    for label, root in sides:
+        if root != ROOT:
+            shutil.rmtree(root, ignore_errors=True)
     if len(costs) == 2:
         print(f"\nsubscribers' CPU, this tree / baseline: {costs[1] / costs[0]:.2f}" if costs[0] > 0 else "")
     return 0

@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
                     "model a 64 px preset that finishes in seconds on a CPU. Output: "
                     "<models_dir>/lora/NAME/pytorch_lora_weights.safetensors, training.json, samples.png.")
     t.add_argument("photos", help="folder or .zip of images (.jpg .png .webp .bmp) with optional NAME.txt captions")
-    t.add_argument("--name", required=True, help="output folder name under <models_dir>/lora/")
+    t.add_argument("--name", required=True, help="output folder name under <models_dir>/lora/ (1-64 letters, digits, "
+                   "'_' or '-'; a name the task table registers needs --overwrite)")
     t.add_argument("--trigger", required=True, help="trigger word put first in every caption, e.g. 'ohwx person'")
     # values are parsed and checked by training/options.py (the rules POST /api/trainings applies too)
     t.add_argument("--task", help="also register the LoRA as this task in the task table")

@@ -29,6 +29,7 @@ from pipelines.errors import (
     OutOfMemory,
     Overloaded,
 )
+from training.errors import DatasetTooLarge, NameTaken, RunNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class RetryLater(Overloaded):
 
 # order matters: the first matching class wins (subclasses before their bases)
 _STATUS: list[tuple[type[FluxServiceError], int]] = [
+    (DatasetTooLarge, 413),  # a training upload with more files or unpacked bytes than its limits
+    (NameTaken, 409),  # a training's LoRA name or task is in use
+    (RunNotFound, 404),  # no such training
     (InvalidRequest, 422),  # UnknownTask included
     (NotFound, 404),
     (Conflict, 409),

@@ -167,6 +167,16 @@ class Settings(BaseSettings):
                                            description="Body limit of POST /api/trainings (photos or a zip).")
     training_min_free_gpu_gib: float = Field(default=30.0, ge=0,
                                              description="Free GPU memory a training needs to be admitted.")
+    # what one training upload may hold (training/dataset.py): photos are checked one at a time, from their
+    # header first, so these bound the memory a check takes (about max_file_bytes + 8 x max_image_pixels bytes)
+    training_max_files: int = Field(default=1000, ge=1, description="Files (photos and captions) in one training "
+                                    "upload or zip; more is refused with 413.")
+    training_max_file_bytes: int = Field(default=100 * 1024**2, ge=1024, description="Bytes of one photo or "
+                                         "caption file (in a zip: unpacked); a bigger file is refused unread.")
+    training_max_image_pixels: int = Field(default=50_000_000, ge=1, description="Pixels of one photo (width x "
+                                           "height, read from its header); a bigger one is refused undecoded.")
+    training_max_unpacked_bytes: int = Field(default=2 * 1024**3, ge=1024, description="Bytes one zip of photos "
+                                             "may unpack to, counted as they are read; more is refused with 413.")
     log_health_checks: bool = Field(
         default=False, description="Also write /health, /ready and /metrics polls to the access log (app/http/access_log.py)."
     )

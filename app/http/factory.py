@@ -37,7 +37,7 @@ from app.http.routes.docs import install_docs
 from app.http.routes.page import install_page
 from app.http.routes.trainings import install_trainings
 from app.http.schemas import params_model
-from app.http.security import require_api_key
+from app.http.security import ApiKeyGuard, require_api_key
 from app.jobs import JobStore, pending_jobs
 from app.jobs.sharing import StoreSync
 from app.jobs.shutdown import SignalDrain
@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        overrides={"/api/trainings": settings.max_training_upload_bytes})  # photo uploads
+    app.add_middleware(ApiKeyGuard, api_key=settings.api_key)  # 401 before the body limit reads anything
     if settings.cors_origins:  # outermost, so even 413/401 answers carry the CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],

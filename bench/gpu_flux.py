@@ -101,7 +101,7 @@ def random_lora(transformer, rank: int, seed: int):
     """A LoRA in diffusers naming on the usual targets (kept on the CPU, as a file would be read)."""
     import torch
 
-    from pipelines.lora_files import LoraWeights
+    from pipelines.lora.weights import LoraWeights
 
     gen = torch.Generator().manual_seed(seed)
     sd = {}
@@ -197,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")  # two adapters, on purpose
-    from pipelines.adapters import PeftAdapters
     from pipelines.compile import CompileCounter, compile_transformer
-    from pipelines.fused_adapters import FusedAdapters
+    from pipelines.lora.fused_adapters import FusedAdapters
+    from pipelines.lora.peft_adapters import PeftAdapters
 
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: run with --tiny for the CPU smoke run")

@@ -147,8 +147,8 @@ def test_kohya_alpha_and_diffusers_header_disagreeing_get_one_reading_and_a_warn
 
 def test_a_bfl_split_uses_the_loaded_models_sizes(engine, files):
     """Issue 19 item 6: the demo model is 32 wide (FLUX.1-dev: 3072); its linear1 splits into 32+32+32+128 rows."""
-    from pipelines.lora.files import read_lora
     from pipelines.lora.bfl_names import FluxDims
+    from pipelines.lora.files import read_lora
 
     lora = read_lora(files["onetrainer_kohya"], dims=FluxDims.from_shapes(
         {n: (m.in_features, m.out_features) for n, m in engine.pipe.transformer.named_modules()

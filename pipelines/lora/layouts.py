@@ -51,7 +51,11 @@ _SD_UNET_WORDS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "outp
 
 
 def is_foreign_layout(keys) -> bool:
-    """True when a file is keyed by one of the families above or holds LyCORIS/ComfyUI suffixes."""
+    """True when a file is keyed by one of the families above or holds LyCORIS/ComfyUI suffixes (XLabs files,
+    ``double_blocks.N.processor.*``, stay with diffusers' XLabs converter)."""
+    keys = list(keys)
+    if any(".processor." in k for k in keys):
+        return False
     for key in keys:
         if key.startswith(tuple(f[0] for f in _FAMILIES)):
             return True

@@ -20,6 +20,28 @@ _LOHA = ("w1_a", "w1_b", "w2_a", "w2_b")
 WAY_OUT = "use the default FLUX_ADAPTERS=fused, which applies it exactly"
 
 
+def peft_refusal(lora) -> str | None:
+    """Why the peft strategy cannot hold ``lora`` (a :class:`~pipelines.lora.weights.LoraWeights`) in PEFT's
+    layers, or None when it can: LoRA/DoRA/bias in PEFT's LoRA layers, LoKr/LoHa in PEFT's own, one kind each."""
+    if not lora.extra:
+        return None
+    kinds = sorted({r.kind for r in lora.extra.values()})
+    if any(p == "weight" and r.kind == "full" for (_, _, p), r in lora.extra.items()):
+        return ("it holds full weight differences (ComfyUI's diff), and PEFT has no layer that adds a full "
+                "weight difference")
+    if any(p == "bias" for _, _, p in lora.extra):
+        return f"it changes biases beside {'/'.join(k for k in kinds if k != 'full')} layers; a PEFT adapter has one kind of layer"
+    if any(c != "transformer" for c, _, _ in lora.extra):
+        return "its LoKr/LoHa layers adapt the CLIP text encoder; LyCORIS layers load into the transformer only here"
+    if lora.state_dict:
+        return f"it mixes LoRA and {'/'.join(kinds)} layers; a PEFT adapter has one kind of layer"
+    try:
+        peft_config({m: r for (_, m, _), r in lora.extra.items()})
+    except NotForPeft as exc:
+        return str(exc)
+    return None
+
+
 class NotForPeft(ValueError):
     """PEFT's LoKr/LoHa layers cannot hold this file as it is; the message says why."""
 
@@ -107,7 +129,7 @@ def peft_config(recipes: dict[str, Recipe]):
     return LoHaConfig(**common)
 
 
-def _holder(module, name: str, attr: str):
+def adapter_layer(module, name: str, attr: str):
     """The PEFT layer holding ``name``'s ``attr`` along a chain of wrappers (LoRA around LoKr around ...)."""
     layer = module
     while layer is not None:
@@ -133,7 +155,7 @@ def load_into_peft(model, name: str, recipes: dict[str, Recipe]) -> None:
             present = [p for p in parts if getattr(recipe, p) is not None]
             layer = None
             for part in present:
-                layer = _holder(module, name, prefix + part)
+                layer = adapter_layer(module, name, prefix + part)
                 if layer is None:
                     raise NotForPeft(f"PEFT made no {prefix + part} for {module_name}")
                 store = getattr(layer, prefix + part)[name]

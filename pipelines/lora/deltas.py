@@ -69,8 +69,12 @@ class Recipe:
         """``merged += strength * change`` (in place). ``base`` is W0, used by DoRA only."""
         merged.add_(self.matrix().to(merged.dtype), alpha=strength)
 
+    def effective_scale(self) -> float:
+        """The factor strength 1.0 multiplies this recipe's stored product by (what results report)."""
+        return float(self.scale)
+
     def describe(self) -> dict:
-        return {"kind": self.kind, "scale": round(float(self.scale), 6)}
+        return {"kind": self.kind, "scale": round(self.effective_scale(), 6)}
 
 
 @dataclass
@@ -289,6 +293,9 @@ class Dora(Recipe):
     def to(self, device):
         return replace(self, lora=self.lora.to(device), magnitude=_f32(self.magnitude, device).contiguous())
 
+    def effective_scale(self):
+        return self.lora.effective_scale()
+
     def rows(self, start, stop):  # row norms are per row: a row block is a DoRA of its own
         return replace(self, lora=self.lora.rows(start, stop), magnitude=self.magnitude[start:stop])
 
@@ -330,11 +337,18 @@ class RowSlice(Recipe):
     def to(self, device):
         return replace(self, parent=self.parent.to(device))
 
+    def effective_scale(self):
+        return self.parent.effective_scale()
+
+    @property
+    def rank(self):
+        return getattr(self.parent, "rank", None)
+
     def rows(self, start, stop):
         return replace(self, start=self.start + start, stop=self.start + stop)
 
     def describe(self):
-        return {**self.parent.describe(), "rows": f"{self.start}:{self.stop} of {self.parent.shape[0]}"}
+        return {**self.parent.describe(), "cut": True}
 
 
 @dataclass
@@ -356,6 +370,13 @@ class Stacked(Recipe):
 
     def to(self, device):
         return replace(self, parts=[p.to(device) for p in self.parts])
+
+    def effective_scale(self):
+        return self.parts[0].effective_scale()
+
+    @property
+    def rank(self):
+        return getattr(self.parts[0], "rank", None)
 
     def describe(self):
         return self.parts[0].describe()

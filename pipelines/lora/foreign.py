@@ -16,7 +16,6 @@ strategies, and every result says so, naming both values.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from pipelines.lora.bfl_names import FluxDims
 from pipelines.lora.deltas import Full, LowRank
 from pipelines.lora.layouts import ForeignRead, read_foreign
 from pipelines.lora.weights import LoraWeights
-
-logger = logging.getLogger(__name__)
 
 
 def _fold(down, up, scale: float):
@@ -89,8 +86,6 @@ def from_foreign(weights: Path, raw: dict, header: dict, dims: FluxDims | None, 
         raise AdapterMismatch(f"LoRA {weights} ({read.format} layout: {read.tool}): " + "; ".join(problems),
                               path=str(weights))
     warnings = _one_reading(weights, header, read)
-    for text in warnings:
-        logger.warning("%s", text)
     all_lora = all(isinstance(r, LowRank) for (_, _, p), r in read.recipes.items() if p == "weight")
     state_dict, extra, folded = {}, {}, {}
     for (component, module, param), recipe in read.recipes.items():
@@ -105,8 +100,12 @@ def from_foreign(weights: Path, raw: dict, header: dict, dims: FluxDims | None, 
             extra[(component, module, param)] = recipe
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(read.kinds.items()))
     alphas = sorted({round(a, 6) for a in read.alphas.values()})
+    full_lokr = any(getattr(r, "kind", "") == "LoKr" and r.effective_scale() == 1.0 and getattr(r, "rank", 0) is None
+                    for r in read.recipes.values())
     notes = [f"{read.tool}: {kinds or 'no layers'}"
-             + (f"; stored alpha {', '.join(f'{a:g}' for a in alphas)} (alpha / rank applied)" if alphas else "")]
+             + (f"; stored alpha {', '.join(f'{a:g}' for a in alphas)} (scale = alpha / rank"
+                + ("; LoKr layers with both factors full use scale 1, as LyCORIS trains them" if full_lokr else "")
+                + ")" if alphas else "")]
     return LoraWeights(path=weights, format=read.format, state_dict=state_dict, folded_scales=folded, extra=extra,
                        tool=read.tool, kinds=dict(read.kinds), warnings=warnings, unplaced=list(read.unplaced),
                        notes=notes, unloadable=problems, stored_alphas=dict(read.alphas))

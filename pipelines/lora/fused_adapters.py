@@ -106,7 +106,8 @@ class FusedAdapters:
 
         if name in self._deltas:
             raise AdapterError(f"adapter name {name!r} is already loaded", path=str(lora.path))
-        check_fits(lora, {c: linear_shapes(getattr(self._pipe, c)) for c in COMPONENTS})  # as the peft strategy
+        check_fits(lora, {c: linear_shapes(getattr(self._pipe, c)) for c in COMPONENTS  # as the peft strategy
+                          if getattr(self._pipe, c, None) is not None})
         deltas: list[_Delta] = []
         new_backups: list[tuple[str, str, str]] = []
         try:

@@ -40,6 +40,8 @@ def _alpha_description(lora: LoraWeights) -> object:
 
 def _ranks(lora: LoraWeights) -> object:
     ranks = lora.ranks()
+    if not ranks and lora.extra:
+        return "none (no low-rank factors)"
     if len(set(ranks.values())) <= 1:
         return lora.rank
     groups: dict[str, set[int]] = {}
@@ -56,8 +58,8 @@ def _factors(lora: LoraWeights) -> dict[str, str]:
             continue
         d = recipe.describe()
         text = (f"LoKr w1 {d['w1']} (x) w2 {d['w2']}" if recipe.kind == "LoKr" else f"LoHa rank {d['rank']}")
-        if "rows" in d:
-            text += f", rows {d['rows']}"
+        if d.get("cut"):
+            text += ", cut from a fused BFL layer"
         out.setdefault(module_group(f"{component}.{module}"), set()).add(text)
     return {g: "; ".join(sorted(v)) for g, v in sorted(out.items())}
 

@@ -21,6 +21,7 @@ prefix                                 component     rest of the name
 ``lora_transformer_``                  transformer   diffusers module with ``_`` (OneTrainer LEGACY)
 ``lora_te1_`` ``lora_te_``             text_encoder  CLIP-L module with ``_``
 ``text_encoders.clip_l.transformer.``  text_encoder  CLIP-L module (ComfyUI, OneTrainer COMFY)
+``transformer.`` ``text_encoder.``     both          diffusers naming, with LyCORIS/ComfyUI suffixes
 ``lora_te2_`` ``text_encoders.t5xxl.`` (refused)     T5: FLUX.1 LoRAs here adapt CLIP-L only
 =====================================  ============  =========================================================
 """
@@ -46,6 +47,8 @@ _FAMILIES = (
     ("lora_te_", "text_encoder", "clip", None),
     ("double_blocks.", "transformer", "bfl-bare", "bfl"),
     ("single_blocks.", "transformer", "bfl-bare", "bfl"),
+    ("transformer.", "transformer", "diffusers", "lycoris"),  # diffusers naming with LyCORIS/ComfyUI suffixes
+    ("text_encoder.", "text_encoder", "clip", None),
 )
 _SD_UNET_WORDS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block")
 
@@ -102,7 +105,8 @@ def _tool(fmt: str, kinds: dict, header: dict, keys) -> str:
     lyco = any(k in kinds for k in ("LoKr", "LoHa"))
     onetrainer = any(k.startswith("ot_") for k in header)
     if fmt == "lycoris":
-        base = "LyCORIS with SimpleTuner's names (lycoris_<diffusers module>)"
+        base = ("LyCORIS with SimpleTuner's names (lycoris_<diffusers module>)"
+                if any(k.startswith("lycoris_") for k in keys) else "LyCORIS layers in diffusers naming")
     elif fmt == "kohya":
         base = ("OneTrainer KOHYA output (kohya layout, lora_unet_<BFL layer>)" if onetrainer else
                 "LyCORIS through kohya sd-scripts (lycoris.kohya; lora_unet_<BFL layer>)" if lyco else
@@ -115,8 +119,9 @@ def _tool(fmt: str, kinds: dict, header: dict, keys) -> str:
         base = "OneTrainer LEGACY output (lora_transformer_<diffusers module>)"
     else:
         base = "OneTrainer ORIGINAL output (BFL names, no prefix)"
-    if header.get("ss_network_module"):
-        base += f"; sd-scripts --network_module {header['ss_network_module']}"
+    module = header.get("ss_network_module")
+    if module and module not in base:
+        base += f"; sd-scripts --network_module {module}"
     return base
 
 

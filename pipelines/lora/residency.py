@@ -158,6 +158,8 @@ class LoraResidency:
                                   dora=lora.is_dora, trigger_words=tuple(lora.trigger_words), alpha=lora.alpha,
                                   modules=tuple(lora.modules), warnings=tuple(lora.warnings))
         self.resident[weights] = adapter
+        for text in lora.warnings:
+            logger.warning("%s", text)
         logger.info("LoRA loaded: %s [sha256 %s] as adapter %r (%s layout%s, %s, rank %d, scale at strength 1: %s, "
                     "%d tensors, %.2fs)", adapter.label, adapter.short_hash, name, lora.format,
                     ", DoRA" if lora.is_dora else "", " + ".join(adapter.components), lora.rank,

@@ -194,7 +194,7 @@ class LoraWeights:
         LoRA A/B (a module with a bias change only has none), a recipe's own scale for :attr:`extra`."""
         out = {k: v * self.folded_scales.get(k, 1.0) for k, v in self.scale_factors().items()
                if f"{k}.lora_A.weight" in self.state_dict}
-        out.update({f"{c}.{m}": float(r.scale) for (c, m, p), r in self.extra.items() if p == "weight"})
+        out.update({f"{c}.{m}": r.effective_scale() for (c, m, p), r in self.extra.items() if p == "weight"})
         return out
 
     def recipes(self) -> dict:

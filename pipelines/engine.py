@@ -81,8 +81,10 @@ class FluxEngine:
         self.compiled = False
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
         #: LoRA files resident, their names, the tasks' adapters (pipelines/lora/residency.py)
+        #: the transformer's split sizes for BFL-named files (None in the Ray ingress, which has no pipeline)
+        dims = FluxDims.from_shapes(linear_shapes(pipe.transformer)) if pipe is not None else None
         self.loras = LoraResidency(self.adapters, settings, self.tasks, source.path.parent if source.demo else None,
-                                   dims=FluxDims.from_shapes(linear_shapes(pipe.transformer)))
+                                   dims=dims)
         self.loras.load_table()
 
     # ---------------------------------------------------------------- construction

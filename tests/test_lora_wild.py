@@ -98,7 +98,8 @@ def test_dora_is_fused_exactly_as_peft_computes_it(engine, peft_engine, merged, 
     from safetensors.torch import load_file
 
     folder = build.peft_lora(engine.source.path, tmp_path / "dora", use_dora=True)
-    stored = {k.removeprefix("base_model.model."): v for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}
+    saved = load_file(str(folder / "adapter_model.safetensors"))
+    stored = {k.removeprefix("base_model.model."): v for k, v in saved.items()}
     config = json.loads((folder / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
     params = dict(merged.pipe.transformer.named_parameters())
@@ -215,3 +216,17 @@ def test_inspect_names_each_layer_it_could_not_place(settings, tmp_path):
     report = inspect_lora(str(tmp_path / "partly.safetensors"), settings)
     assert report["unplaced"] == ["lora_unet_double_blocks_0_img_attn_norm"]
     assert report["fits_configured_model"] is False and "img_attn_norm" in report["fit_detail"]
+
+
+def test_fused_restores_every_weight_and_bias_bit_for_bit_after_the_wild_files(engine, files, bare_pipe):
+    """After LoKr, LoHa, diff, diff_b and DoRA layers were merged and switched, the base model comes back exactly:
+    every parameter of the transformer and the CLIP text encoder equals the untouched pipeline's."""
+    import torch
+
+    for layout in ("lycoris_kohya_lokr", "comfyui_extracted", "onetrainer_kohya"):
+        engine.adapters.activate_set([(engine.loras.adapter_for(files[layout]).name, 0.7)])
+    engine.adapters.activate_set([])
+    for component in ("transformer", "text_encoder"):
+        reference = dict(getattr(bare_pipe, component).named_parameters())
+        for name, param in getattr(engine.pipe, component).named_parameters():
+            assert torch.equal(param, reference[name]), f"{component}.{name} differs after switching back"

@@ -30,7 +30,8 @@ def peft_refusal(lora) -> str | None:
         return ("it holds full weight differences (ComfyUI's diff), and PEFT has no layer that adds a full "
                 "weight difference")
     if any(p == "bias" for _, _, p in lora.extra):
-        return f"it changes biases beside {'/'.join(k for k in kinds if k != 'full')} layers; a PEFT adapter has one kind of layer"
+        others = "/".join(k for k in kinds if k != "full")
+        return f"it changes biases beside {others} layers; a PEFT adapter has one kind of layer"
     if any(c != "transformer" for c, _, _ in lora.extra):
         return "its LoKr/LoHa layers adapt the CLIP text encoder; LyCORIS layers load into the transformer only here"
     if lora.state_dict:

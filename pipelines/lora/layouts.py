@@ -50,6 +50,8 @@ _FAMILIES = (
     ("transformer.", "transformer", "diffusers", "lycoris"),  # diffusers naming with LyCORIS/ComfyUI suffixes
     ("text_encoder.", "text_encoder", "clip", None),
 )
+#: diffusers' own prefixes: such a file is ours to read only when its suffixes are LyCORIS/ComfyUI ones
+_DIFFUSERS_PREFIXES = ("transformer.", "text_encoder.")
 _SD_UNET_WORDS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block")
 
 
@@ -59,8 +61,9 @@ def is_foreign_layout(keys) -> bool:
     keys = list(keys)
     if any(".processor." in k for k in keys):
         return False
+    prefixes = tuple(f[0] for f in _FAMILIES if f[0] not in _DIFFUSERS_PREFIXES)
     for key in keys:
-        if key.startswith(tuple(f[0] for f in _FAMILIES)):
+        if key.startswith(prefixes):
             return True
         parts = split_key(key)
         if parts and parts[1] in LOKR_SUFFIXES + LOHA_SUFFIXES + ("diff", "diff_b", "lora_down.weight"):

@@ -9,6 +9,12 @@ from their last checkpoint. On shutdown a running training is asked to stop (it 
 
 Sharing one GPU with generation: see ``admit`` (a training starts only when enough GPU memory is free;
 image generation is never paused, it keeps being served while a training runs, more slowly).
+
+Several processes on one trainings folder (Ray ingress replicas, the two ingresses of a rolling update): each
+takes uploads and answers for every run (all of it is files), but only one *supervises* (starts the queued
+runs, takes back interrupted ones): the one holding the ``flock`` on ``<trainings_dir>/supervisor.lock``.
+Another one waits for that lock and takes over when the supervisor's process ends; without it, a second
+process's start-up would take "running" runs for interrupted ones and stop the first one's trainer.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ logger = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
 EXIT_CANCELLED = 3
 ROOT = Path(__file__).resolve().parent.parent
+SUPERVISOR_LOCK = "supervisor.lock"
 
 
 class RunNotFound(InvalidRequest):
@@ -55,6 +62,7 @@ class TrainingRuns:
         self._running: str | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._supervisor = None  # the open, flocked supervisor.lock while this process supervises
 
     # ------------------------------------------------------------------ state on disk
     def _dir(self, run_id: str) -> Path:
@@ -226,7 +234,38 @@ class TrainingRuns:
 
     # ------------------------------------------------------------------ the worker
     def start(self) -> "TrainingRuns":
-        """Take back what a previous service left: running/interrupted runs resume, queued ones wait."""
+        """Supervise (or wait to: see the module docstring), then run the supervisor loop."""
+        if self._acquire_supervisor():
+            self._take_back()
+        else:
+            logger.info("trainings in %s are supervised by another process; this one takes uploads and takes over "
+                        "when that one stops", self.root)
+        self._thread = threading.Thread(target=self._loop, name="trainings", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def supervising(self) -> bool:
+        """True while this process starts and takes back the folder's trainings (it holds the lock)."""
+        return self._supervisor is not None
+
+    def _acquire_supervisor(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one service per trainings folder there
+            self._supervisor = True
+            return True
+        handle = open(self.root / SUPERVISOR_LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._supervisor = handle
+        return True
+
+    def _take_back(self) -> None:
+        """Take back what a previous supervisor left: running/interrupted runs resume, queued ones wait."""
         for run in self.list():
             if run["status"] in ("running", "interrupted"):
                 pid = run.get("pid")
@@ -237,9 +276,6 @@ class TrainingRuns:
                 self._update(run["id"], status="queued", resume=True)
                 logger.warning("training %s was interrupted by a restart; it will resume from its last checkpoint",
                                run["id"])
-        self._thread = threading.Thread(target=self._loop, name="trainings", daemon=True)
-        self._thread.start()
-        return self
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Service shutdown: ask the running trainer to checkpoint and exit; it resumes at next start."""
@@ -254,9 +290,21 @@ class TrainingRuns:
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._supervisor not in (None, True):
+            self._supervisor.close()  # releases the flock: another process may supervise now
+        self._supervisor = None
 
     def _loop(self) -> None:
         while not self._stopping:
+            if self._supervisor is None:  # another process supervises: take over when it is gone
+                if self._acquire_supervisor():
+                    logger.info("trainings in %s: the supervising process is gone; this one supervises now", self.root)
+                    self._take_back()
+                else:
+                    time.sleep(1.0)
+                    continue
             try:
                 self._tick()
             except Exception:  # the loop must outlive one bad run folder

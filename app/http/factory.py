@@ -5,10 +5,11 @@ Why a factory and no module-level app or settings: tests and benchmarks build ap
 ``uvicorn app.main:app`` (app/main.py) builds the app on first access with settings from the environment;
 ``flux-service serve`` calls ``create_app(Settings())`` itself.
 
-Lifespan (FastAPI's replacement for ``on_event``): start-up opens the job store (``app/jobs/``; its data
-folder is locked, so a second service on the same folder stops at once), loads the model and every task LoRA
+Lifespan (FastAPI's replacement for ``on_event``): start-up opens the job store (``app/jobs/``; several
+processes may share its folder, each running only the jobs it holds), loads the model and every task LoRA
 (a bad configuration stops start-up with the engine's message naming the file), puts the jobs a previous run
-did not finish back into the queue, and starts the worker. Shutdown starts at the signal, not at the lifespan
+did not finish back into the queue, starts the worker, and keeps taking over the jobs of processes that are
+gone (``app/jobs/sharing.py``). Shutdown starts at the signal, not at the lifespan
 (see ``app/jobs/shutdown.py``): refuse new work, answer queued direct requests 503, keep queued jobs on disk, let
 the running image finish for ``shutdown_grace_s``, then let uvicorn close. Without a signal (tests, an
 embedding server) the lifespan's end runs the same drain.
@@ -36,6 +37,7 @@ from app.http.routes.trainings import install_trainings
 from app.http.schemas import params_model
 from app.http.security import require_api_key
 from app.jobs import JobStore, pending_jobs
+from app.jobs.sharing import StoreSync
 from app.jobs.shutdown import SignalDrain
 from app.jobs.worker import Worker
 from pipelines.errors import ConfigError, FluxServiceError
@@ -106,6 +108,8 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
             raise
         metrics.bind(worker, eng)
         app.state.engine, app.state.worker, app.state.jobs = eng, worker, store
+        sync = StoreSync(store, worker, settings.request_timeout_s)
+        sync.start()
         signals = SignalDrain(worker, settings.shutdown_grace_s)
         signals.install()
         logger.info("ready: queue size %d, request timeout %gs, jobs in %s%s", settings.queue_size,
@@ -113,6 +117,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
         try:
             yield
         finally:
+            await sync.stop()
             if not worker.draining:
                 logger.info("shutting down: refusing new work, waiting up to %gs for the running image",
                             settings.shutdown_grace_s)

@@ -8,6 +8,8 @@ per ``job_ttl_s`` / ``max_jobs_kept`` / ``max_jobs_bytes``.
 Events (``GET /api/jobs/{id}/events``, ``text/event-stream``): ``queued`` {position} (1 = next),
 ``running`` {step, total}, ``progress`` {step, total}, then exactly one of ``succeeded`` / ``failed`` /
 ``cancelled`` (data: the job) and the stream ends. A reader that connects late first gets the current state.
+A job that starts over (under Ray: retried after its replica died) sends ``queued`` again, then a new
+``running`` and ``progress`` from step 1.
 When the service shuts down before the job ended, the stream ends with ``shutdown`` instead (data: the job,
 ``status`` queued, and a ``message``): the job is kept and runs after the next start; reconnect then.
 """
@@ -135,7 +137,9 @@ async def _events(job: Job, previews: bool):
                     continue
                 last_step = data["step"]
             elif name == "queued":
-                if data["position"] == last_position:
+                if last_step >= 0:  # queued again after it ran: a retry (its Ray replica died) starts from step 1
+                    last_step, last_preview = -1, -1
+                elif data["position"] == last_position:
                     continue
                 last_position = data["position"]
             elif name == "running" and last_step >= 0:

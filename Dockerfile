@@ -1,13 +1,20 @@
-# flux-service for a CUDA host.
+# flux-service for a CUDA host: one image for both ways of serving.
 #
 #   docker build -t flux-service .
 #   docker run --gpus all -p 8000:8000 -v /srv/flux/models:/app/models flux-service
+#   docker run --gpus all --shm-size=4g -p 8000:8000 -v /srv/flux/models:/app/models flux-service \
+#       serve --ray --replicas 2 --host 0.0.0.0            # Ray Serve, one engine replica per GPU
+#
+# The `ray` extra (ray[serve], pinned in pyproject.toml) is installed by default, so the same image also runs
+# `flux-service serve --ray` and serves as the image of a Ray cluster (KubeRay: every node runs it, and
+# deploy/serve_config.yaml uses the same /app/models). `--build-arg EXTRAS=` builds it without Ray.
 #
 # /app/models is a volume: put the FLUX.1 weights in <volume>/flux1-dev (diffusers layout), the task LoRAs
 # where tasks.toml points (e.g. <volume>/lora/host_person), and tasks.toml itself (a copy ships in the image
 # and fills an empty named volume on first use; a bind-mounted host folder must bring its own). Settings are
 # FLUX_* environment variables (e.g. -e FLUX_API_KEY=...); nothing is downloaded at run time.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+ARG EXTRAS=ray
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -26,7 +33,7 @@ COPY pipelines ./pipelines
 COPY training ./training
 COPY app ./app
 COPY cli ./cli
-RUN pip install . && flux-service --help > /dev/null
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" && flux-service --help > /dev/null
 
 COPY models/tasks.toml models/glossary.toml ./models/
 RUN chown -R flux:flux /app/models

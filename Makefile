@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
-# `make serve PORT=8123 HOST=0.0.0.0`: only values given on the make command line count (a shell's own
+# `make serve PORT=8123 HOST=0.0.0.0` (and serve-ray): only values given on the make command line count (a shell's own
 # HOST or PORT variable must not move the server); FLUX_PORT / FLUX_HOST in the environment work as well.
 SERVE_ARGS := $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
               $(if $(filter command line,$(origin PORT)),--port $(PORT))
@@ -24,8 +24,8 @@ endif
 serve: $(VENV)/.installed          ## start the service on http://127.0.0.1:8000 (PORT=, HOST= to change; demo model unless configured)
 	$(VENV)/bin/flux-service serve $(strip $(SERVE_ARGS))
 
-serve-ray: $(VENV)/.installed      ## the same service through Ray Serve, REPLICAS engine replicas (docs/deploy.md)
-	$(VENV)/bin/flux-service serve --ray --replicas $(or $(REPLICAS),2)
+serve-ray: $(VENV)/.installed      ## the same service through Ray Serve, REPLICAS engine replicas (PORT=, HOST= too; docs/deploy.md)
+	$(VENV)/bin/flux-service serve --ray --replicas $(or $(REPLICAS),2) $(strip $(SERVE_ARGS))
 
 test: $(VENV)/.installed browser   ## lint (ruff, import layers), then run the whole test suite
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,7 @@ from pipelines.errors import (
     OutOfMemory,
     Overloaded,
 )
+from training.errors import DatasetTooLarge, NameTaken, RunNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,12 @@ class Forbidden(FluxServiceError):
     type = "forbidden_origin"
 
 
+class InvalidHost(FluxServiceError):
+    """A ``Host`` header that names no host of this service (``app/http/host_guard.py``: DNS rebinding)."""
+
+    type = "invalid_host"
+
+
 class PayloadTooLarge(FluxServiceError):
     type = "payload_too_large"
 
@@ -96,11 +103,15 @@ class RetryLater(Overloaded):
 
 # order matters: the first matching class wins (subclasses before their bases)
 _STATUS: list[tuple[type[FluxServiceError], int]] = [
+    (DatasetTooLarge, 413),  # a training upload with more files or unpacked bytes than its limits
+    (NameTaken, 409),  # a training's LoRA name or task is in use
+    (RunNotFound, 404),  # no such training
     (InvalidRequest, 422),  # UnknownTask included
     (NotFound, 404),
     (Conflict, 409),
     (Unauthorized, 401),
     (Forbidden, 403),
+    (InvalidHost, 400),
     (PayloadTooLarge, 413),
     (Overloaded, 503),
     (OutOfMemory, 503),

@@ -75,7 +75,7 @@ def main() -> None:
     settings = Settings(_env_file=None, min_size=16, queue_size=64, host="127.0.0.1", port=port,
                         ray_cpus_per_replica=1.0, request_timeout_s=600)
     cores = os.cpu_count() or 2
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"

@@ -65,7 +65,8 @@ def cmd_tasks(args) -> int:
 def add_parsers(sub) -> None:
     lora = sub.add_parser("lora", help="LoRA file tools")
     lsub = lora.add_subparsers(dest="lora_command", required=True, metavar="SUBCOMMAND")
-    li = lsub.add_parser("inspect", help="layout, components, rank, effective scale, DoRA, trigger words, sha256, "
+    li = lsub.add_parser("inspect", help="layout and tool, kinds of layers, components, rank or LoKr factors, "
+                                         "effective scale, DoRA, trigger words, sha256, layers it could not place, "
                                          "and whether it fits the model")
     li.add_argument("path", help="LoRA folder or .safetensors file (on the demo model, a missing models/lora/... "
                                  "path means the demo's own LoRA, with a warning)")

@@ -1,7 +1,9 @@
 """``flux-service serve``: the HTTP service under uvicorn (with the slow-client guards), or through Ray Serve.
 
 SIGTERM drains in the app first (app/jobs/shutdown.py: the running image gets ``FLUX_SHUTDOWN_GRACE_S``);
-uvicorn's own wait afterwards only has finished responses to flush.
+uvicorn's own wait afterwards only has finished responses to flush. Under ``--ray`` the same drain runs in the
+Ray ingress, then our application and (unless ``RAY_ADDRESS`` joined a cluster) our private Ray instance stop
+(app/ray_serve/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ def cmd_serve(args) -> int:
         except ImportError as exc:
             print(f"error: --ray needs Ray Serve ({exc}); install it with pip install -e '.[ray]'", file=sys.stderr)
             return 2
-        serve_forever(settings, args.replicas if args.replicas is not None else settings.ray_replicas)
-        return 0
+        # every Ray worker of ours quiets the libraries' start-up noise as this process did (cli/console.py)
+        hook = None if args.verbose else "cli.console.quiet_third_party"
+        return serve_forever(settings, args.replicas if args.replicas is not None else settings.ray_replicas,
+                             setup_hook=hook)
     # SIGTERM drains in the app first (app/jobs/shutdown.py: the running image gets FLUX_SHUTDOWN_GRACE_S); uvicorn's
     # own wait afterwards only has finished responses to flush
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
@@ -38,12 +42,13 @@ def cmd_serve(args) -> int:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("serve", help="start the HTTP service (POST /api/generate-image, web page at /)")
-    s.add_argument("--host", help="bind address (FLUX_HOST, default 127.0.0.1)")
+    s.add_argument("--host", help="bind address (FLUX_HOST, default 127.0.0.1; 0.0.0.0: every interface, reached by "
+                                  "IP address, or by the names in FLUX_ALLOWED_HOSTS)")
     s.add_argument("--port", type=int, help="port (FLUX_PORT, default 8000)")
     s.add_argument("--log-level", dest="log_level", default="info")
     s.add_argument("--ray", action="store_true",
-                   help="serve through Ray Serve: a local Ray instance, or the cluster at RAY_ADDRESS (needs the "
-                        "'ray' extra; see docs/deploy.md)")
+                   help="serve through Ray Serve: a private local Ray instance, or the cluster at RAY_ADDRESS (needs "
+                        "the 'ray' extra; see docs/deploy.md)")
     s.add_argument("--replicas", type=int, help="with --ray: engine replicas, one GPU each (FLUX_RAY_REPLICAS)")
     model_opts(s)
     s.set_defaults(func=cmd_serve)

@@ -25,26 +25,31 @@ def add_parser(sub) -> None:
                     "model a 64 px preset that finishes in seconds on a CPU. Output: "
                     "<models_dir>/lora/NAME/pytorch_lora_weights.safetensors, training.json, samples.png.")
     t.add_argument("photos", help="folder or .zip of images (.jpg .png .webp .bmp) with optional NAME.txt captions")
-    t.add_argument("--name", required=True, help="output folder name under <models_dir>/lora/")
+    t.add_argument("--name", required=True, help="output folder name under <models_dir>/lora/ (1-64 letters, digits, "
+                   "'_' or '-'; a name the task table registers needs --overwrite)")
     t.add_argument("--trigger", required=True, help="trigger word put first in every caption, e.g. 'ohwx person'")
+    # values are parsed and checked by training/options.py (the rules POST /api/trainings applies too)
     t.add_argument("--task", help="also register the LoRA as this task in the task table")
-    t.add_argument("--strength", type=float, default=1.0, help="the registered task's default lora_alpha (1.0)")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--rank", type=int)
-    t.add_argument("--alpha", type=float, help="LoRA alpha (default = rank)")
-    t.add_argument("--lr", type=float, help="learning rate")
+    t.add_argument("--strength", help="the registered task's default lora_alpha, 0-2 (1.0)")
+    t.add_argument("--steps", help="training steps")
+    t.add_argument("--rank", help="LoRA rank")
+    t.add_argument("--alpha", help="LoRA alpha (default = rank)")
+    t.add_argument("--lr", help="learning rate")
     t.add_argument("--resolution", help="training resolution(s), comma-separated, e.g. 512,768,1024")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--caption-dropout", dest="caption_dropout", type=float)
-    t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints+samples")
+    t.add_argument("--seed", help="random seed (same seed + photos = same LoRA)")
+    t.add_argument("--caption-dropout", dest="caption_dropout", help="share of steps without a caption (0.05)")
+    t.add_argument("--checkpoint-every", dest="checkpoint_every", help="steps between checkpoints+samples")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --name")
-    t.add_argument("--overwrite", action="store_true", help="start again even if --name already has results")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start again even if --name already has results, or replace a LoRA the task table "
+                        "registers under that name (its tasks serve the new file after a restart)")
     t.add_argument("--overwrite-task", dest="overwrite_task", action="store_true",
                    help="replace an existing [tasks.TASK] section")
     t.add_argument("--skip-bad", dest="skip_bad", action="store_true",
                    help="train on the usable photos and report the bad files instead of refusing")
     t.add_argument("--events", help=argparse_suppress(), default=None)
     t.add_argument("--cancel-file", dest="cancel_file", help=argparse_suppress(), default=None)
+    t.add_argument("--source-label", dest="source_label", help=argparse_suppress(), default=None)
     t.add_argument("--json", action="store_true", help="print training.json at the end")
     model_opts(t)
     t.set_defaults(func=cmd_train)
@@ -59,7 +64,11 @@ def argparse_suppress():
 def cmd_train(args) -> int:
     from pipelines.errors import Cancelled
     from pipelines.model_source import resolve_model_source
-    from training import check_task_free, load_dataset, preset, register_task, train
+    from training import load_dataset, register_task, train
+    from training.dataset import DatasetLimits
+    from training.event_log import finite
+    from training.name_check import check_names_free, replace_warning
+    from training.options import FIELDS, parse_options
 
     settings = settings_for(args)  # the same settings (FLUX_* + options) as every other command
     events = Path(args.events) if args.events else None
@@ -67,19 +76,18 @@ def cmd_train(args) -> int:
     def emit(event: dict) -> None:
         if events is not None:
             with open(events, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event, ensure_ascii=False) + "\n")
+                f.write(json.dumps(finite(event), ensure_ascii=False, allow_nan=False) + "\n")
 
     try:
+        options = parse_options({k: getattr(args, k) for k in FIELDS})  # the HTTP route's rules
         source = resolve_model_source(settings)
-        resolutions = [int(r) for r in args.resolution.split(",")] if args.resolution else None
-        alpha = args.alpha if args.alpha is not None else (float(args.rank) if args.rank is not None else None)
-        config = preset(args.name, args.trigger, demo=source.demo, steps=args.steps, rank=args.rank, alpha=alpha,
-                        lr=args.lr, resolutions=resolutions, seed=args.seed, caption_dropout=args.caption_dropout,
-                        checkpoint_every=args.checkpoint_every)
-        if args.task:  # refuse a clash now, not after twenty minutes of training
-            check_task_free(settings.resolved_tasks_file(), args.task, args.overwrite_task)
+        config = options.config(demo=source.demo)
+        replaces = check_names_free(settings, options, resume=args.resume)  # refused now, not after training
+        if replaces:
+            print(f"warning: {replace_warning(replaces)}", file=sys.stderr)
         dataset = load_dataset(args.photos, min_images=config.min_images, min_side=config.min_side,
-                               skip_bad=args.skip_bad)
+                               skip_bad=options.skip_bad, limits=DatasetLimits.from_settings(settings),
+                               label=args.source_label)
         print(f"dataset: {len(dataset.photos)} image(s), {dataset.captioned} with captions, hash "
               f"{dataset.hash[:12]}" + (f"; skipped {len(dataset.problems)}" if dataset.problems else ""),
               file=sys.stderr)
@@ -90,7 +98,7 @@ def cmd_train(args) -> int:
         cancel = Path(args.cancel_file) if args.cancel_file else None
         outcome = train(dataset, config, settings, on_event=lambda e: (bar(e), emit(e)),
                         should_stop=(lambda: cancel.exists()) if cancel else None, resume=args.resume,
-                        overwrite=args.overwrite)
+                        overwrite=options.overwrite)
         bar.close()
     except Cancelled as exc:
         print(f"cancelled: {exc.message}", file=sys.stderr)
@@ -105,27 +113,18 @@ def cmd_train(args) -> int:
           f"{outcome.report['final_loss']:.4f}, {outcome.report['train_seconds']:.1f}s)"
           + ("  [DEMO MODEL]" if source.demo else ""))
     print(f"report {outcome.output_dir / 'training.json'}  samples {outcome.output_dir / 'samples.png'}")
-    if args.task:
-        lora_ref = _lora_ref(outcome.output_dir, source.models_root)
+    if options.task:
+        lora_ref = f"lora/{config.name}"  # relative to the models folder, as every task LoRA path is
         size = max(256, max(config.resolutions)) if not source.demo else 256
-        register_task(settings.resolved_tasks_file(), args.task, lora=lora_ref, trigger=config.trigger,
-                      strength=args.strength, size=min(size, 1024), overwrite=args.overwrite_task,
+        register_task(settings.resolved_tasks_file(), options.task, lora=lora_ref, trigger=config.trigger,
+                      strength=options.strength, size=min(size, 1024), overwrite=options.overwrite_task,
                       description=f"{config.name} LoRA (trigger '{config.trigger}'), trained by flux-service train")
-        print(f"task {args.task!r} added to {settings.resolved_tasks_file()} (lora {lora_ref}, strength "
-              f"{args.strength:g}); restart the service to load it")
-        emit({"type": "task", "task": args.task, "lora": lora_ref})
+        print(f"task {options.task!r} added to {settings.resolved_tasks_file()} (lora {lora_ref}, strength "
+              f"{options.strength:g}); restart the service to load it")
+        emit({"type": "task", "task": options.task, "lora": lora_ref})
     if args.json:
         print(json.dumps(outcome.report, indent=2, ensure_ascii=False))
     return 0
-
-
-def _lora_ref(output_dir: Path, models_root: Path) -> str:
-    """Relative to the folder task LoRA paths are resolved against, else absolute (demo model: the demo's
-    models root is a cache folder, so our models_dir output is referenced by its absolute path)."""
-    try:
-        return output_dir.resolve().relative_to(models_root.resolve()).as_posix()
-    except ValueError:
-        return str(output_dir.resolve())
 
 
 class _Bar:

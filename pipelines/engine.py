@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pipelines.compile import CompileCounter, compile_transformer, should_compile
 from pipelines.errors import ConfigError, InvalidRequest, OutOfMemory
+from pipelines.lora.bfl_names import FluxDims
+from pipelines.lora.files import linear_shapes
 from pipelines.lora.registry import ActiveLora, describe_loras, plan_loras
 from pipelines.lora.residency import LoraResidency, ResidentAdapter
 from pipelines.lora.strategy import AdapterStrategy, build_strategy
@@ -79,8 +81,10 @@ class FluxEngine:
         self.compiled = False
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
         #: LoRA files resident, their names, the tasks' adapters (pipelines/lora/residency.py)
-        self.loras = LoraResidency(self.adapters, settings, self.tasks,
-                                   source.path.parent if source.demo else None)
+        #: the transformer's split sizes for BFL-named files (None in the Ray ingress, which has no pipeline)
+        dims = FluxDims.from_shapes(linear_shapes(pipe.transformer)) if pipe is not None else None
+        self.loras = LoraResidency(self.adapters, settings, self.tasks, source.path.parent if source.demo else None,
+                                   dims=dims)
         self.loras.load_table()
 
     # ---------------------------------------------------------------- construction
@@ -123,10 +127,14 @@ class FluxEngine:
         return sizes or [(1024, 1024)]
 
     def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
-        """Compile every expected image size before the service reports ready: one 1-step call per size
-        (latents only, no VAE decode). Returns seconds per size; nothing to do when not compiled."""
+        """Before the service reports ready: load the prompt stage's dictionary, and compile every expected
+        image size (one 1-step call per size, latents only, no VAE decode). Returns seconds per compiled size;
+        nothing to compile when not compiled."""
         import torch
 
+        dictionary = getattr(self.prompt_stage, "dictionary", None)
+        if dictionary is not None:  # read it now, off the event loop, not when the first Chinese prompt comes
+            dictionary.load()
         if not self.compiled:
             return {}
         done: dict[str, float] = {}
@@ -207,6 +215,7 @@ class FluxEngine:
                            lora_alpha=req.lora_alpha, requested=getattr(req, "loras", None))
         loras = tuple(replace(x, adapter=self.loras.resident_again(x.adapter)) for x in loras)
         notes.extend(self.loras.notes[x.name] for x in loras if x.name in self.loras.notes)
+        notes.extend(w for x in loras for w in x.adapter.warnings)
         adapter = loras[0].adapter if loras else None
         scale = loras[0].scale if loras else 0.0
         width = req.width if req.width is not None else (task.width if task else 1024)
@@ -376,7 +385,8 @@ class FluxEngine:
                 guidance_scale=t.guidance_scale if t.guidance_scale is not None else self.default_guidance,
                 adapter_hash=adapter.short_hash if adapter else None,
                 lora_trigger_words=list(dict.fromkeys(w for n, _ in t.loras for w in self.loras.named[n].trigger_words)),
-                warnings=[self.loras.notes[n] for n, _ in t.loras if n in self.loras.notes],
+                warnings=[self.loras.notes[n] for n, _ in t.loras if n in self.loras.notes]
+                + [w for n, _ in t.loras for w in self.loras.named[n].warnings],
                 loras=[{"name": n, "scale": s} for n, s in t.loras],
             ))
         return out

@@ -101,18 +101,24 @@ class Settings(BaseSettings):
         "empty: every size of the task table.")
     quantize: Literal["none", "fp8"] = Field(
         default="none", description="fp8: refused in this build (see docs/architecture.md).")
-    # --- prompt stage (pipelines/prompt/stage.py): glossary, then an optional local translation model ------
+    # --- prompt stage (pipelines/prompt/stage.py): glossary, then a local translation model or the dictionary
     glossary_file: Path | None = Field(default=None, description="Prompt glossary; default <models_dir>/glossary.toml.")
     translate: Literal["auto", "glossary", "off"] = Field(
-        default="auto", description="Default for a request's `translate`: auto (glossary, then the translator for "
-                                    "what T5 cannot read), glossary (glossary only), off (prompt as typed).")
+        default="auto", description="Default for a request's `translate`: auto (glossary, then the translation "
+                                    "model if there is one, else the dictionary, for what T5 cannot read), glossary "
+                                    "(glossary only), off (prompt as typed).")
     translator_path: Path | None = Field(
-        default=None, description="Local transformers seq2seq translation folder (e.g. Helsinki-NLP/opus-mt-zh-en).")
+        default=None, description="Local transformers seq2seq translation folder (e.g. Helsinki-NLP/opus-mt-zh-en). "
+                                  "Unset: <models_dir>/translator if present, else none (the dictionary translates).")
     translator_device: Literal["cpu", "engine"] = Field(
         default="cpu", description="cpu (leaves GPU memory to FLUX) or engine (the FLUX device).")
     translator_cache_size: int = Field(default=256, ge=1, description="Translations kept per text (LRU).")
-    demo_translator: bool = Field(
-        default=True, description="On the demo model with no translator_path: use the tiny random demo translator.")
+    dictionary: bool = Field(
+        default=True, description="The offline dictionary stage (jieba + CC-CEDICT): translates, word by word, the "
+                                  "Chinese the glossary leaves when no translation model is there, and keeps glossary "
+                                  "terms from matching inside longer words.")
+    dictionary_cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Where the dictionary's compact index is built on first use.")
 
     # --- HTTP service -------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -121,6 +127,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins (scheme://host[:port]) allowed to call the API from a browser, comma-separated; "
                     "requests from any other Origin are refused with 403. `*`: any origin.")
+    allowed_hosts: CommaList = Field(
+        default_factory=list,
+        description="Host names (besides localhost and IP addresses) the service answers to, comma-separated; "
+                    "`*.example.com` for subdomains, `*`: any. Other Host headers get 400 (DNS rebinding).")
     api_key: str | None = Field(default=None, description="When set, /api/* requires `Authorization: Bearer <key>`; "
                                 "set but empty is a start-up error.")
     queue_size: int = Field(default=16, ge=1, description="Requests waiting for the GPU before 503.")
@@ -137,8 +147,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="A client must finish sending a request's headers within this (then the "
                                         "connection is closed); also bounds a connection that sends nothing.")
     body_timeout_s: float = Field(
-        default=30.0, gt=0, description="A client must finish sending a request's body within this after its "
-                                        "headers, else 408.")
+        default=30.0, gt=0, description="A request body must keep arriving: no gap longer than this (from the "
+                                        "headers on), else 408; see body_min_bytes_per_s.")
+    body_min_bytes_per_s: float = Field(
+        default=1024.0, gt=0, description="A request body may take body_timeout_s plus one second per this many "
+                                          "bytes received, else 408 (slow-loris protection).")
     max_connections: int = Field(
         default=200, ge=1, description="Open connections served at once; a request on a connection beyond it gets "
                                        "503 + Retry-After.")
@@ -154,6 +167,16 @@ class Settings(BaseSettings):
                                            description="Body limit of POST /api/trainings (photos or a zip).")
     training_min_free_gpu_gib: float = Field(default=30.0, ge=0,
                                              description="Free GPU memory a training needs to be admitted.")
+    # what one training upload may hold (training/dataset.py): photos are checked one at a time, from their
+    # header first, so these bound the memory a check takes (about max_file_bytes + 8 x max_image_pixels bytes)
+    training_max_files: int = Field(default=1000, ge=1, description="Files (photos and captions) in one training "
+                                    "upload or zip; more is refused with 413.")
+    training_max_file_bytes: int = Field(default=100 * 1024**2, ge=1024, description="Bytes of one photo or "
+                                         "caption file (in a zip: unpacked); a bigger file is refused unread.")
+    training_max_image_pixels: int = Field(default=50_000_000, ge=1, description="Pixels of one photo (width x "
+                                           "height, read from its header); a bigger one is refused undecoded.")
+    training_max_unpacked_bytes: int = Field(default=2 * 1024**3, ge=1024, description="Bytes one zip of photos "
+                                             "may unpack to, counted as they are read; more is refused with 413.")
     log_health_checks: bool = Field(
         default=False, description="Also write /health, /ready and /metrics polls to the access log (app/http/access_log.py)."
     )
@@ -161,11 +184,24 @@ class Settings(BaseSettings):
     # --- durable jobs (app/jobs/) ---------------------------------------------------------------------
     data_dir: Path = Field(
         default_factory=_default_data_dir,
-        description="Job database (jobs.sqlite3) and job images; one running service per folder.",
+        description="Job database (jobs.sqlite3) and job images; processes on one host may share it.",
     )
     max_jobs_bytes: int = Field(
         default=2 * 1024**3, ge=0, description="Bytes of finished jobs' images kept at most (oldest removed first)."
     )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        """Names only: a scheme, port or path would never equal a Host header's name, so say so at start-up."""
+        out = []
+        for host in hosts:
+            host = host.strip().lower()
+            if host != "*" and not re.fullmatch(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?", host):
+                raise ValueError(f"{host!r} is not a host name: write names like studio.example or *.lan.example "
+                                 "(no scheme, port or path; IP addresses are always allowed)")
+            out.append(host)
+        return out
 
     @field_validator("cors_origins")
     @classmethod

@@ -17,7 +17,7 @@ SMALL = dict(width=64, height=64, num_inference_steps=2)
 
 
 def make_settings(**overrides) -> Settings:
-    # each app its own job store folder: a data folder is locked by the one service using it
+    # each app its own job store folder: a shared folder would let one test's service take over another's jobs
     base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True, adapters="fused",
                 compile="off", data_dir=tempfile.mkdtemp(prefix="flux-test-data-"))
     base.update(overrides)

@@ -1,4 +1,4 @@
-"""One live server for the hardening tests (origin check, model path exposure, slow clients).
+"""One live server for the hardening tests (origin and host checks, model path exposure, slow clients).
 
 Why shared: a server start costs seconds (more on a loaded machine), and these settings do not disturb
 each other: short header/body timeouts (1 s / 1.5 s) only cut off clients that are slow on purpose, and the
@@ -16,6 +16,7 @@ from tests.http_support import LiveServer, shared_server
 
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 1.0, 1.5
 ALLOWED_ORIGIN = "http://a.example"
+ALLOWED_HOSTS = "studio.example,*.lan.example"
 MODEL_LABEL = "checkpoints/my-flux"
 
 _models: list[Path] = []
@@ -39,5 +40,5 @@ def user_models_dir() -> Path:
 def hardened_server() -> LiveServer:
     models = user_models_dir()
     return shared_server("hardening", FLUX_MODELS_DIR=str(models), FLUX_MODEL_PATH=str(models / MODEL_LABEL),
-                         FLUX_CORS_ORIGINS=ALLOWED_ORIGIN, FLUX_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+                         FLUX_CORS_ORIGINS=ALLOWED_ORIGIN, FLUX_ALLOWED_HOSTS=ALLOWED_HOSTS, FLUX_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
                          FLUX_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))

@@ -34,7 +34,8 @@ class RayCluster:
         self.settings = make_settings(**base)
         started = time.perf_counter()
         # 2 logical CPUs: the two replicas ask 0.5 each, Serve's controller and proxy ask none
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        # address="local": a private instance, even when another Ray cluster runs on the host
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
         start(self.settings, replicas, extend_app=hooked)  # + the test routes (tests/hooks.py)
         self.start_s = time.perf_counter() - started

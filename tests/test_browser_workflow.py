@@ -262,3 +262,45 @@ def test_an_error_then_a_successful_attempt(visit):
     expect(page.locator("#global-error")).to_be_hidden()
     expect(page.locator("#progress-text")).to_contain_text("Done")
     assert visit.errors == []
+
+
+def test_a_fixed_error_does_not_stay_on_screen_when_the_next_attempt_stops_early(visit):
+    """Issue 17 item 23: after a width error, fixing the width and pressing Generate with an empty prompt kept
+    the old width error on screen (the progress line still said "width must be a multiple of 16, got 100"):
+    the attempt stopped at the prompt check before anything reset it. Now every attempt and every edit of the
+    field in error clear the old message, and a browser validity check shows ours instead of a stale one."""
+    from playwright.sync_api import expect
+
+    page = visit.page
+    set_form(page, task="host_face", size=(100, 64), steps=2)
+    page.click("#generate")
+    expect(page.locator("#width-error")).to_contain_text("got 100")
+    expect(page.locator("#progress-text")).to_contain_text("got 100")
+
+    page.fill("#width", "64")  # fixing the field clears its message everywhere
+    expect(page.locator("#width-error")).to_be_empty()
+    expect(page.locator("#progress-text")).not_to_contain_text("got 100")
+
+    page.fill("#width", "100")  # the same error again, then: fix it and press Generate with no prompt
+    page.click("#generate")
+    expect(page.locator("#progress-text")).to_contain_text("got 100")
+    page.fill("#width", "64")
+    page.fill("#prompt", "")
+    page.click("#generate")
+    expect(page.locator("#prompt-error")).to_contain_text("Enter a prompt")
+    assert page.evaluate("document.activeElement.id") == "prompt"
+    for sel in ("#width-error", "#form-error"):
+        assert page.inner_text(sel) == "", f"{sel} still shows an old error"
+    assert "100" not in page.inner_text("#progress-text")
+    assert page.locator("[aria-invalid=true]").count() == 1
+
+    # the browser's own check (`required`), e.g. from an extension or a future form without `novalidate`
+    page.fill("#prompt", "x")
+    page.fill("#width", "100")
+    page.click("#generate")
+    expect(page.locator("#width-error")).to_contain_text("got 100")
+    page.fill("#prompt", "")
+    page.eval_on_selector("#gen-form", "f => f.checkValidity()")
+    expect(page.locator("#prompt-error")).to_contain_text("Enter a prompt")
+    assert page.inner_text("#width-error") == "" and "100" not in page.inner_text("#progress-text")
+    assert visit.errors == []

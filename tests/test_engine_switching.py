@@ -47,7 +47,7 @@ def test_generate_never_rereads_lora_files(engine, demo_root, monkeypatch):
     engine.generate(request(task="host_face"))  # make sure the task's adapter is resident
     reads = []
     real_read_lora = pipelines.lora.residency.read_lora
-    monkeypatch.setattr(pipelines.lora.residency, "read_lora", lambda path: reads.append(path) or real_read_lora(path))
+    monkeypatch.setattr(pipelines.lora.residency, "read_lora", lambda path, **kw: reads.append(path) or real_read_lora(path, **kw))
     resident = engine.resident_adapters()
 
     for task in ["host_face", "character_face", "science_background", "host_face"]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.errors import AdapterMismatch
 from tests.conftest import make_settings
 from tests.engine_helpers import bare_call, fresh_bare_pipe, pixels, request
 
@@ -76,12 +75,18 @@ def test_fused_and_peft_strategies_agree_on_the_peft_layout_with_alpha_not_rank(
     assert _max_diff(fused, peft) <= MAX_PIXEL_DIFF_VS_PEFT
 
 
-def test_dora_is_refused_by_the_fused_strategy_with_the_way_out(engine, tmp_path):
+def test_dora_is_fused_and_agrees_with_peft(engine, peft_engine, tmp_path):
+    """DoRA under the fused default (issue 19): merged at switch time from the backup, PEFT's picture within two
+    levels, strength 0 the base model bit for bit (the merge against the file itself: tests/test_lora_wild.py)."""
     from tests import lora_builders as build
 
     folder = build.peft_lora(engine.source.path, tmp_path / "dora", use_dora=True)  # a real DoRA (magnitudes)
-    with pytest.raises(AdapterMismatch, match="DoRA.*FLUX_ADAPTERS=peft"):
-        engine.generate(request(lora_path=str(folder)))
+    req = request(lora_path=str(folder), lora_alpha=0.8)
+    fused, peft = pixels(engine.generate(req)), pixels(peft_engine.generate(req))
+    assert engine.adapters.kind == "fused" and _max_diff(fused, peft) <= MAX_PIXEL_DIFF_VS_PEFT
+    base = pixels(engine.generate(request()))
+    assert _max_diff(fused, base) > 10
+    assert np.array_equal(pixels(engine.generate(request(lora_path=str(folder), lora_alpha=0.0))), base)
 
 
 def test_fused_text_encoder_lora_applies_and_strength_zero_is_exact(engine, bare_pipe, tmp_path):
@@ -112,9 +117,10 @@ def test_fused_text_encoder_lora_applies_and_strength_zero_is_exact(engine, bare
 
 
 def test_backup_holds_one_copy_of_each_touched_weight(engine):
-    touched = {d.key for deltas in engine.adapters._deltas.values() for d in deltas}
-    modules = dict(engine.pipe.transformer.named_modules())
-    expected = sum(modules[m].weight.numel() * modules[m].weight.element_size() for _, m in touched)
+    touched = {d.slot for deltas in engine.adapters._deltas.values() for d in deltas}
+    modules = {c: dict(getattr(engine.pipe, c).named_modules()) for c in ("transformer", "text_encoder")}
+    tensors = [getattr(modules[c][m], param) for c, m, param in touched]
+    expected = sum(t.numel() * t.element_size() for t in tensors)
     assert engine.adapters.backup_bytes() == {"device": 0, "host": expected}  # CPU engine: host memory
 
 

@@ -78,20 +78,21 @@ def test_the_body_is_json_only_with_a_working_example_and_the_forms_are_describe
 
 
 def test_every_error_status_of_every_route_is_the_envelope_and_fastapis_422_shape_is_gone():
-    """403 (foreign Origin) can come from any route, 408 (slow body) from any route with a body."""
+    """400 (a Host not ours) and 403 (foreign Origin) can come from any route, 408 (slow body) from any route
+    with a body."""
     spec = spec_of(api_key="k")
     assert "HTTPValidationError" not in json.dumps(spec)
     for method, path, op in operations(spec):
         for status, response in op["responses"].items():
             if int(status) >= 400 and (path, status) != ("/ready", "503"):
                 assert response["content"]["application/json"]["schema"]["$ref"] == ERROR_REF, (method, path, status)
-    expected = {("POST", "/api/generate-image"): {"401", "403", "408", "413", "422", "500", "503", "504"},
-                ("POST", "/api/jobs"): {"401", "403", "408", "413", "422", "500", "503"},
+    expected = {("POST", "/api/generate-image"): {"400", "401", "403", "408", "413", "422", "500", "503", "504"},
+                ("POST", "/api/jobs"): {"400", "401", "403", "408", "413", "422", "500", "503"},
                 # 503: storage_unavailable (a finished job the job database cannot read now); 500: image_corrupt
-                ("GET", "/api/jobs/{job_id}"): {"401", "403", "404", "503"},
-                ("GET", "/api/jobs/{job_id}/image"): {"401", "403", "404", "409", "500", "503"},
-                ("DELETE", "/api/jobs/{job_id}"): {"401", "403", "404", "503"},
-                ("GET", "/health"): {"403"}}
+                ("GET", "/api/jobs/{job_id}"): {"400", "401", "403", "404", "503"},
+                ("GET", "/api/jobs/{job_id}/image"): {"400", "401", "403", "404", "409", "500", "503"},
+                ("DELETE", "/api/jobs/{job_id}"): {"400", "401", "403", "404", "503"},
+                ("GET", "/health"): {"400", "403"}}
     for method, path, op in operations(spec):
         if (method, path) in expected:
             assert {s for s in op["responses"] if int(s) >= 400} == expected[(method, path)], (method, path)
@@ -154,6 +155,31 @@ def test_a_list_field_added_to_the_model_is_json_text_in_a_form_under_the_same_j
         form_values(model, [("prompt", "p"), ("loras", '[{"name": "a", "name": "b"}]')])
     with pytest.raises(ValidationError):  # null in JSON text is null: refused like a JSON body's null
         model.model_validate(form_values(model, [("prompt", "p"), ("loras", "null")]))
+
+
+def test_a_405_lists_every_method_of_its_path_in_allow():
+    """Issue 17 item 20: ``OPTIONS /api/jobs/{id}`` answered ``Allow: GET`` (DELETE missing), because each
+    method is its own route and the first one's methods were sent. Every documented path, asked with a
+    method it does not have, answers 405 with exactly its documented methods."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(make_settings())
+    spec = app.openapi()
+    with_two = 0
+    client = TestClient(app)  # no lifespan: routing answers 405 before any handler or model
+    for path, ops in spec["paths"].items():
+        url = path.replace("{job_id}", "j").replace("{run_id}", "r").replace("{path}", "p.png")
+        documented = {m.upper() for m in ops}
+        for method in ("OPTIONS", "PUT", "PATCH"):
+            r = client.request(method, url)
+            assert r.status_code == 405, (method, path, r.status_code)
+            assert r.json()["error"]["type"] == "method_not_allowed"
+            allow = {m.strip() for m in r.headers["allow"].split(",")}
+            assert allow == documented, (method, path, r.headers["allow"])
+        with_two += len(ops) > 1
+    assert with_two >= 3  # /api/jobs/{job_id}, /api/trainings, /api/trainings/{run_id}
+    r = client.post("/static/app.js")  # the page's files: GET and HEAD
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
 
 
 # ------------------------------------------------------------------ against the real server

@@ -1,9 +1,10 @@
 """Slow clients and too many connections (issue 8 item 5), with raw sockets against a real uvicorn server.
 
 Before: 300 slow-header and 300 slow-body connections were all still open after 65 s. Now a client has
-``FLUX_HEADER_TIMEOUT_S`` to send its headers (then the connection is closed), ``FLUX_BODY_TIMEOUT_S`` for
-its body (then 408 with the envelope), and a request beyond ``FLUX_MAX_CONNECTIONS`` gets 503. The servers
-here use 1-1.5 s timeouts and a few dozen connections, so the module takes seconds.
+``FLUX_HEADER_TIMEOUT_S`` to send its headers (then the connection is closed), its body must keep arriving
+(no gap over ``FLUX_BODY_TIMEOUT_S``, at least ``FLUX_BODY_MIN_BYTES_PER_S`` on average after the first
+``FLUX_BODY_TIMEOUT_S``; then 408 with the envelope), and a request beyond ``FLUX_MAX_CONNECTIONS`` gets 503.
+The servers here use 1-1.5 s timeouts and a few dozen connections, so the module takes seconds.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _trickle(socks: list[socket.socket], chunk: bytes, limit_s: float) -> tuple[
 def test_slow_header_connections_are_closed_after_the_header_timeout(server):
     socks = [_connect(server) for _ in range(N)]
     for s in socks:
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     closed, received = _trickle(socks, b"X-Slow: a\r\n", limit_s=HEADER_TIMEOUT + 8)
     assert len(closed) == N, f"{N - len(closed)} slow-header connections still open"
     assert all(HEADER_TIMEOUT * 0.8 <= t <= HEADER_TIMEOUT + 4 for t in closed.values()), closed
@@ -85,7 +86,7 @@ def test_slow_body_connections_get_408_with_the_envelope(server):
     body_len = 300
     socks = [_connect(server) for _ in range(N)]
     for s in socks:
-        s.sendall(b"POST /api/generate-image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /api/generate-image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n{" % body_len)
     closed, received = _trickle(socks, b" ", limit_s=BODY_TIMEOUT + 8)
     assert len(closed) == N, f"{N - len(closed)} slow-body connections still open"
@@ -98,14 +99,69 @@ def test_slow_body_connections_get_408_with_the_envelope(server):
         assert err["type"] == "request_timeout" and f"{BODY_TIMEOUT:g} seconds" in err["message"]
 
 
+def _send_body_in_chunks(server, path: str, body: bytes, chunk: int, every_s: float, stop_after: int | None = None):
+    """POST ``body`` to ``path`` in ``chunk``-byte pieces every ``every_s`` (only the first ``stop_after`` bytes
+    when given), then read the answer. Returns (seconds from the headers to the server's answer, answer bytes)."""
+    s = _connect(server)
+    s.settimeout(30)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+              % (path.encode(), len(body)))
+    started = time.monotonic()
+    upto = len(body) if stop_after is None else stop_after
+    try:
+        for i in range(0, upto, chunk):
+            try:
+                s.sendall(body[i:min(i + chunk, upto)])
+            except OSError:  # the server answered and closed early: read what it said
+                break
+            time.sleep(every_s)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            data = s.recv(65536)
+            if not data:
+                break
+            answer += data
+        return time.monotonic() - started, answer
+    finally:
+        s.close()
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def test_a_steady_upload_longer_than_the_body_timeout_is_received(server):
+    """Issue 17 item 11: a 60 MB upload at 1.5 MB/s got 408 after FLUX_BODY_TIMEOUT_S. The timeout is about
+    progress: here 60 KB arrive in 4 KB pieces over about twice the body timeout, and the job is accepted."""
+    body = json.dumps({"prompt": "steady upload", **SMALL_JSON}).encode().ljust(60_000)  # JSON allows spaces
+    took, answer = _send_body_in_chunks(server, "/api/jobs", body, chunk=4000, every_s=BODY_TIMEOUT / 7)
+    assert took > BODY_TIMEOUT * 1.5
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
+    job = json.loads(answer.partition(b"\r\n\r\n")[2])
+    with server.client() as c:
+        c.delete(f"/api/jobs/{job['id']}")
+
+
+def test_an_upload_that_stops_gets_408_one_body_timeout_after_its_last_byte(server):
+    body = b"{" + b" " * 59_999
+    took, answer = _send_body_in_chunks(server, "/api/jobs", body, chunk=4000, every_s=0.2, stop_after=20_000)
+    assert 1.0 + BODY_TIMEOUT * 0.8 <= took <= 1.0 + BODY_TIMEOUT + 4  # 5 pieces in ~1 s, then nothing
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    err = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert err["type"] == "request_timeout" and "no part of the request body arrived" in err["message"]
+
+
 def test_slow_next_request_on_a_keep_alive_connection_is_closed(server):
     s = _connect(server)
-    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     first = b""
     while b'"ok"' not in first:
         first += s.recv(65536)
     assert first.startswith(b"HTTP/1.1 200")
-    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     closed, received = _trickle([s], b"X-Slow: a\r\n", limit_s=HEADER_TIMEOUT + 8)
     assert closed and not received[0]
 

@@ -1,15 +1,18 @@
 """Ray Serve scale-out (issue 11) on a real local Ray cluster: one start per module, 2 CPU engine replicas.
 
 What a studio relies on when it moves from one process to Ray: the same images at the same seeds, both
-replicas used, 503 + Retry-After when the queue is full, jobs with progress and cancel, the page and the
-docs through the Ray ingress, a replica killed mid-job survived (the job is retried once, Ray restarts the
-replica, the next requests succeed), and replicas that keep only their most recently used LoRAs.
+replicas used, 503 + Retry-After when the queue is full, jobs with progress, live previews and cancel, the page
+and the docs through the Ray ingress, a replica killed mid-job survived (the job is retried once and its event
+stream starts over: Ray restarts the replica, the next requests succeed), and replicas that keep only their
+most recently used LoRAs. How operators run it (serve deploy, rolling updates, SIGTERM, shared clusters):
+tests/test_ray_operations.py.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -116,7 +119,7 @@ def test_job_progress_events_and_cancel_through_ray(cluster):
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         events = []
-        with httpx.stream("GET", f"{cluster.url}/api/jobs/{job_id}/events", timeout=60) as stream:
+        with httpx.stream("GET", f"{cluster.url}/api/jobs/{job_id}/events?preview=true", timeout=60) as stream:
             name = None
             for line in stream.iter_lines():
                 if line.startswith("event: "):
@@ -128,6 +131,9 @@ def test_job_progress_events_and_cancel_through_ray(cluster):
         names = [n for n, _ in events]
         assert names[-1] == "succeeded", events
         assert [d["step"] for n, d in events if n == "progress"][-1] == 3
+        previews = [d for n, d in events if n == "preview"]  # made by the replica, forwarded by the ingress
+        assert previews and previews[-1]["image"].startswith("data:image/jpeg;base64,"), names
+        assert {d["total"] for d in previews} == {3} and all(max(d["width"], d["height"]) <= 160 for d in previews)
         done = events[-1][1]
         assert done["replica"].startswith("SERVE_REPLICA::flux#FluxEngine#")
         # a reader that connects while the job runs gets a synthesized "running" (no replica); a live one has it
@@ -193,6 +199,18 @@ def test_client_disconnect_stops_the_work_on_the_replica(cluster):
         _step_delay(cluster, 0)
 
 
+def _follow(cluster, job_id: str, events: list) -> None:
+    name = None
+    with httpx.stream("GET", f"{cluster.url}/api/jobs/{job_id}/events", timeout=180) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+                if name in ("succeeded", "failed", "cancelled"):
+                    return
+
+
 def test_replicas_killed_mid_request_are_survived(cluster):
     """Both replicas killed while busy: the direct request gets a 503 envelope, the job is retried once and
     succeeds on a replacement, Ray restarts both, the next requests succeed."""
@@ -203,7 +221,10 @@ def test_replicas_killed_mid_request_are_survived(cluster):
         r = httpx.post(cluster.url + "/api/jobs", data={"prompt": "x", "seed": "9", "width": "64", "height": "64",
                                                          "num_inference_steps": "6"}, timeout=10)
         job_id = r.json()["id"]
-        job = _wait_job(cluster, job_id, lambda j: j["status"] == "running" and j["replica"] and j["step"] >= 1)
+        events: list = []
+        reader = threading.Thread(target=_follow, args=(cluster, job_id, events))
+        reader.start()
+        job = _wait_job(cluster, job_id, lambda j: j["status"] == "running" and j["replica"] and j["step"] >= 2)
         with ThreadPoolExecutor(1) as pool:
             direct = pool.submit(httpx.post, cluster.url + "/api/generate-image",
                                  data={"prompt": "x", "width": "64", "height": "64", "num_inference_steps": "6"},
@@ -219,10 +240,18 @@ def test_replicas_killed_mid_request_are_survived(cluster):
         assert response.json()["error"]["type"] == "overloaded" and "died" in response.json()["error"]["message"]
         assert int(response.headers["Retry-After"]) >= 1
         done = _wait_job(cluster, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 180)
+        reader.join(timeout=30)
     finally:
         _step_delay(cluster, 0)
     assert done["status"] == "succeeded", done  # retried once on a live replica: nothing accepted is lost
     assert done["replica"] not in victims
+    # the stream says it starts over: queued (retry), a new running on the new replica, progress from the start
+    names = [n for n, _ in events]
+    retry = next(i for i, (n, d) in enumerate(events) if n == "queued" and d.get("retry"))
+    assert "progress" in names[:retry] and names[retry + 1] == "running", names
+    assert events[retry + 1][1]["replica"] == done["replica"]
+    after = [d["step"] for n, d in events[retry:] if n == "progress"]
+    assert after == list(range(7)) and names[-1] == "succeeded", events  # 0: the start, as in a first run
     deadline = time.monotonic() + 180
     while cluster.engine_status() != "HEALTHY":
         assert time.monotonic() < deadline, "Ray did not restart the killed replicas"

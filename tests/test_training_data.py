@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from PIL import Image
@@ -118,3 +119,92 @@ def test_cli_refuses_bad_data_naming_the_files_before_loading_a_model(tmp_path):
     for name in ("broken.jpg", "notes.pdf", "tiny.png", "photo_1_copy.bmp", "lonely.txt"):
         assert name in out.stderr
     assert not (tmp_path / "models" / "lora" / "x").exists()
+
+
+# ---- issue 17: decompression bombs, names, EXIF orientation ------------------------------------------
+_PEAK = """
+import resource, sys
+from training.dataset import DatasetLimits, load_dataset
+from training.errors import DatasetError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_dataset(sys.argv[1], min_side=32, limits=DatasetLimits(max_file_bytes=int(sys.argv[2])))
+except DatasetError as exc:
+    print(exc.type, exc.message)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # MiB (Linux: KiB)
+"""
+
+
+def _peak_mib(source, max_file_bytes: int = 100 * 1024**2) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(source), str(max_file_bytes)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    message, peak = out.stdout.rsplit("\n", 2)[:2]
+    return message, int(peak)
+
+
+def test_a_png_bomb_is_refused_from_its_header_without_decoding(tmp_path):
+    """13000x13000 1-bit PNG, 20 KB: it took the server from 463 MB to 2.2 GB (issue 17 item 6)."""
+    from tests.training_support import png_bomb
+
+    folder = red_photos(tmp_path / "p", n=4)
+    (folder / "bomb.png").write_bytes(png_bomb(13000, 13000))
+    assert (folder / "bomb.png").stat().st_size < 64 * 1024
+    message, peak = _peak_mib(folder)
+    assert message.startswith("invalid_dataset") and "bomb.png: 13000x13000" in message
+    assert "FLUX_TRAINING_MAX_IMAGE_PIXELS" in message
+    assert peak < 50, f"checking the photos grew the process by {peak} MiB"
+
+
+def test_a_zip_member_is_read_as_a_bounded_stream(tmp_path):
+    """A 0.5 MB zip with one 400 MB member peaked at +735 MB before its 422: members are now streamed, one at
+    a time, refused past FLUX_TRAINING_MAX_FILE_BYTES (declared or actually read)."""
+    folder = red_photos(tmp_path / "p", n=4)
+    target = zip_folder(folder, tmp_path / "set.zip")
+    with zipfile.ZipFile(target, "a", zipfile.ZIP_DEFLATED) as zf, zf.open("huge.png", "w") as f:
+        for _ in range(64):
+            f.write(b"\0" * 1024**2)
+    assert target.stat().st_size < 1024**2
+    message, peak = _peak_mib(target, max_file_bytes=16 * 1024**2)
+    assert message.startswith("invalid_dataset") and "huge.png" in message and "FLUX_TRAINING_MAX_FILE_BYTES" in message
+    assert peak < 40, f"checking the zip grew the process by {peak} MiB"
+
+
+def test_too_many_members_or_bytes_in_a_zip_is_dataset_too_large(tmp_path):
+    from training.dataset import DatasetLimits
+    from training.errors import DatasetTooLarge
+
+    target = zip_folder(red_photos(tmp_path / "p", n=4), tmp_path / "set.zip")
+    with pytest.raises(DatasetTooLarge, match="FLUX_TRAINING_MAX_FILES"):
+        load_dataset(target, min_side=32, limits=DatasetLimits(max_files=3))
+    with pytest.raises(DatasetTooLarge, match="FLUX_TRAINING_MAX_UNPACKED_BYTES"):
+        load_dataset(target, min_side=32, limits=DatasetLimits(max_unpacked_bytes=1000))
+
+
+def test_same_file_name_in_two_zip_folders_keeps_both(tmp_path):
+    """Issue 17 item 7: `a/x.png` + `b/x.png` are two photos (captions pair by their full path)."""
+    folder = red_photos(tmp_path / "p", n=4)
+    target = tmp_path / "set.zip"
+    with zipfile.ZipFile(target, "w") as zf:
+        for i, p in enumerate(sorted(folder.iterdir())):
+            zf.write(p, f"{'ab'[i % 2]}/x{i // 2}.png")
+        zf.writestr("a/x0.txt", "ohwx, in a")
+    data = load_dataset(target, min_side=32)
+    assert [p.name for p in data.photos] == ["a/x0.png", "a/x1.png", "b/x0.png", "b/x1.png"]
+    assert [p.caption for p in data.photos] == ["ohwx, in a", "", "", ""]
+
+
+def test_an_exif_rotated_photo_is_sized_and_cropped_as_seen(tmp_path):
+    """Issue 17 item 7: a portrait stored as a rotated landscape was bucketed by its stored size."""
+    from tests.training_support import rotated_jpeg
+    from training.data_cache import bucket_size, load_pixels
+
+    folder = red_photos(tmp_path / "p", n=3)
+    rotated_jpeg(folder / "portrait.jpg", width=96, height=64)
+    photo = {p.name: p for p in load_dataset(folder, min_side=32).photos}["portrait.jpg"]
+    assert (photo.width, photo.height) == (64, 96)
+    w, h = bucket_size(photo.width, photo.height, 64)
+    assert h > w  # a portrait bucket
+    pixels = load_pixels(photo.data, (w, h))[0]  # (3, H, W) in [-1, 1]
+    top, bottom = pixels[:, : h // 3].mean(dim=(1, 2)), pixels[:, -h // 3:].mean(dim=(1, 2))
+    assert top[0] > top[2] and bottom[2] > bottom[0]  # red above blue, as seen upright

@@ -69,6 +69,8 @@ def test_upload_train_follow_and_register_the_task(server, env):
         assert done["task_served"] is True  # served at once, no restart: generate with it
         tasks = {t["name"]: t for t in c.get("/api/tasks").json()["tasks"]}
         assert tasks["red_face"]["adapter_name"] == "red" and tasks["red_face"]["trigger_words"] == ["ohwx"]
+        loras = {lo["name"]: lo for lo in c.get("/api/loras").json()["loras"]}
+        assert loras["red"]["path"] == "lora/red"  # relative to the models folder, never a server path (issue 17)
         img = c.post("/api/generate-image", json={"prompt": "portrait", "task": "red_face", "use_model_manager": True, "width": 64,
                                                   "height": 64, "num_inference_steps": 2, "seed": 1})
         assert img.status_code == 200, img.text

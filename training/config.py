@@ -12,11 +12,39 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 
 from training.errors import TrainingConfigError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: a LoRA or task name: a folder under models/lora and a bare TOML key (use ``fullmatch``: ``$`` would let
+#: ``"anna\n"`` through, and that made a folder with a newline in its name, issue 17)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(param: str, value: str) -> str:
+    """A LoRA ``name`` or a ``task``: 1-64 letters, digits, '_' or '-', starting with a letter or digit (so
+    it is never read as a command-line option)."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        what = "a folder and a task" if param == "name" else "a [tasks.*] section of the task table"
+        raise TrainingConfigError(f"`{param}` {value!r} must be 1-64 letters, digits, '_' or '-', starting with a "
+                                  f"letter or digit (it names {what})", param=param)
+    return value
+
+
+def check_trigger(value: str) -> str:
+    """A trigger word: printable, 1-64 characters, no comma, quote or backslash (it goes into captions and a
+    TOML list), not starting with '-' or a space."""
+    if not isinstance(value, str) or any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in value):
+        raise TrainingConfigError(f"`trigger` {value!r} contains a control character (NUL, line break...)",
+                                  param="trigger")
+    if not value.strip() or len(value) > 64 or value != value.strip() or value.startswith("-") or \
+            any(c in value for c in ",\"\\"):
+        raise TrainingConfigError(f"`trigger` {value!r} must be a short word or phrase: 1-64 characters, no comma, "
+                                  "quote or backslash, not starting with '-' or a space; ideally a rare token such "
+                                  "as 'ohwx person'", param="trigger")
+    return value
+
 
 #: transformer linear layers the LoRA adapts (attention, feed-forward of both streams, single blocks),
 #: the set diffusers' FLUX trainer and ai-toolkit use
@@ -57,11 +85,8 @@ class TrainConfig:
         def bad(param: str, msg: str):
             raise TrainingConfigError(msg, param=param)
 
-        if not NAME_RE.match(self.name):
-            bad("name", f"`name` {self.name!r} must be 1-64 letters, digits, '_' or '-' (it names a folder and a task)")
-        if not self.trigger.strip() or len(self.trigger) > 64 or any(c in self.trigger for c in ",\n\"\\"):
-            bad("trigger", "`trigger` must be a short word or phrase (1-64 characters, no comma, quote or "
-                "backslash), ideally a rare token such as 'ohwx person'")
+        check_name("name", self.name)
+        check_trigger(self.trigger)
         if not 1 <= self.steps <= 100_000:
             bad("steps", f"`steps` must be between 1 and 100000, got {self.steps}")
         if not 1 <= self.rank <= 256:

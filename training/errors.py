@@ -14,7 +14,7 @@ from pipelines.errors import InvalidRequest
 @dataclass(frozen=True)
 class DatasetProblem:
     file: str  # path relative to the dataset root (or the zip)
-    reason: str  # unreadable | not_an_image | too_small | duplicate | caption_without_image | bad_caption
+    reason: str  # unreadable | not_an_image | too_small | too_large | duplicate | caption_without_image | bad_caption
     detail: str
 
     def __str__(self) -> str:
@@ -36,6 +36,13 @@ class DatasetError(InvalidRequest):
         super().__init__(message, param="photos")
 
 
+class DatasetTooLarge(DatasetError):
+    """More files or unpacked bytes than the limits allow (HTTP 413, param ``photos``): refused as soon as the
+    count or the running total passes the limit, before the rest is read."""
+
+    type = "dataset_too_large"
+
+
 class TrainingConfigError(InvalidRequest):
     """An option is out of range or contradicts the output folder's state (exists, resume mismatch)."""
 
@@ -46,3 +53,9 @@ class NameTaken(TrainingConfigError):
     """The LoRA name or task already exists (HTTP 409); pick another or ask to overwrite."""
 
     type = "name_taken"
+
+
+class RunNotFound(InvalidRequest):
+    """No training with that id (HTTP 404), or no such file in its output."""
+
+    type = "not_found"

@@ -68,8 +68,8 @@ def _prepare_output(out: Path, resume: bool, overwrite: bool) -> Path | None:
             logger.warning("--resume: no checkpoint in %s; starting from step 0", out)
         return ckpt
     if has_results and not overwrite:
-        raise NameTaken(f"{out} already holds a trained LoRA or checkpoints; pass --resume to continue "
-                                  "it, --overwrite to start again, or choose another --name", param="name")
+        raise NameTaken(f"the LoRA folder {out.name!r} already holds a trained LoRA or checkpoints; pass --resume "
+                        "to continue it, --overwrite to start again, or choose another --name", param="name")
     for child in ("checkpoints", "samples", WEIGHTS_NAME, "training.json", "samples.png"):
         target = out / child
         if target.is_dir():
@@ -160,7 +160,7 @@ def train(dataset: Dataset, config: TrainConfig, settings: Settings, *, on_event
     if resume_from is not None:
         state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
         if state["fingerprint"] != config.fingerprint() or state["dataset_hash"] != dataset.hash:
-            raise TrainingConfigError(f"cannot resume from {resume_from}: it was trained with other options or "
+            raise TrainingConfigError(f"cannot resume from {resume_from.name}: it was trained with other options or "
                                       "other photos; use the same ones, or --overwrite", param="resume")
         named = dict(lora_params)
         with torch.no_grad():

@@ -9,6 +9,12 @@ from their last checkpoint. On shutdown a running training is asked to stop (it 
 
 Sharing one GPU with generation: see ``admit`` (a training starts only when enough GPU memory is free;
 image generation is never paused, it keeps being served while a training runs, more slowly).
+
+Several processes on one trainings folder (Ray ingress replicas, the two ingresses of a rolling update): each
+takes uploads and answers for every run (all of it is files), but only one *supervises* (starts the queued
+runs, takes back interrupted ones): the one holding the ``flock`` on ``<trainings_dir>/supervisor.lock``.
+Another one waits for that lock and takes over when the supervisor's process ends; without it, a second
+process's start-up would take "running" runs for interrupted ones and stop the first one's trainer.
 """
 
 from __future__ import annotations
@@ -16,29 +22,43 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Mapping, Sequence
 
-from pipelines.errors import InvalidRequest, Overloaded
+from pipelines.errors import FluxServiceError, Overloaded
 from pipelines.settings import Settings
-from training.config import preset
-from training.dataset import load_dataset
-from training.errors import NameTaken, TrainingConfigError
+from training.dataset import DatasetLimits, load_dataset
+from training.errors import NameTaken, RunNotFound
+from training.event_log import EventLog
+from training.name_check import check_names_free, lora_folder, replace_warning
+from training.options import TrainOptions, parse_options
+from training.upload import save_upload
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 EXIT_CANCELLED = 3
 ROOT = Path(__file__).resolve().parent.parent
+SUPERVISOR_LOCK = "supervisor.lock"
 
-
-class RunNotFound(InvalidRequest):
-    type = "not_found"
+_RUN_ID = re.compile(r"tr_[0-9a-f]{1,40}")
+_REQUIRED = ("id", "status", "created", "name", "config")  # a run.json without them is not a run
+_LOGS_KEPT = 32  # parsed event logs kept in memory (least recently read dropped)
+_BACKOFF_MAX_S = 30.0
+#: every upload's photos are checked on this one thread, one upload after the other: the decoded pixels of
+#: one photo at a time, and one malloc arena that reuses them (from many threads, each thread's arena kept
+#: its own peak: 4 concurrent 49-megapixel uploads held +449 MiB instead of one photo's worth)
+_CHECKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-check")
 
 
 class TrainingRuns:
@@ -54,20 +74,36 @@ class TrainingRuns:
         self._proc: subprocess.Popen | None = None
         self._running: str | None = None
         self._stopping = False
+        self._wake = threading.Event()  # set by stop(): the supervisor's sleep ends at once
         self._thread: threading.Thread | None = None
+        self._supervisor = None  # the open, flocked supervisor.lock while this process supervises
+        self._reserved: set[tuple[str, str]] = set()  # ("name"|"task", value) of submits being checked
+        self._logs: OrderedDict[str, EventLog] = OrderedDict()
+        self._cache: dict[str, tuple[tuple, dict]] = {}  # run id -> (run.json's stat, its content)
+        self.limits = DatasetLimits.from_settings(settings)
 
     # ------------------------------------------------------------------ state on disk
     def _dir(self, run_id: str) -> Path:
-        if not run_id.startswith("tr_") or not run_id[3:].isalnum():
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
             raise RunNotFound(f"no training {run_id!r}", param="id")
         return self.root / run_id
 
     def _read(self, run_id: str) -> dict:
+        """run.json, parsed again only when the file changed (readers poll it)."""
         path = self._dir(run_id) / "run.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._cache.get(run_id)
+            if cached is not None and cached[0] == key:
+                return dict(cached[1])
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             raise RunNotFound(f"no training {run_id!r}", param="id") from None
+        if not isinstance(run, dict) or any(k not in run for k in _REQUIRED):
+            raise RunNotFound(f"no training {run_id!r}", param="id")
+        self._cache[run_id] = (key, run)
+        return dict(run)
 
     def _write(self, run: dict) -> None:
         folder = self._dir(run["id"])
@@ -86,10 +122,10 @@ class TrainingRuns:
         runs = []
         for p in sorted(self.root.glob("tr_*/run.json")):
             try:
-                runs.append(json.loads(p.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError):
-                continue
-        return sorted(runs, key=lambda r: r["created"])
+                runs.append(self._read(p.parent.name))
+            except RunNotFound:
+                continue  # half-written or foreign: not a run
+        return sorted(runs, key=lambda r: (r["created"] if isinstance(r["created"], (int, float)) else 0, r["id"]))
 
     # ------------------------------------------------------------------ submit
     def admit(self) -> None:
@@ -105,92 +141,94 @@ class TrainingRuns:
             raise Overloaded(f"not enough free GPU memory to train: {free / 1024**3:.1f} GiB free, about {need:g} GiB "
                              "needed (rank 16, bf16, gradient checkpointing); retry when generation load is lower")
 
-    def submit(self, files: list[tuple[str, bytes]], options: dict) -> dict:
-        """Save the upload, check the photos and the options now (422 naming files), then queue it."""
+    def submit(self, files: Sequence[tuple[object, bytes | BinaryIO]], values: Mapping[str, object]) -> dict:
+        """Check everything a run is asked (fields, names, file names, photos) and queue it; every refusal
+        comes before the run exists: 422 naming the field or the files, 409 for a name in use, 413."""
         self.admit()
-        name, trigger = options.get("name") or "", options.get("trigger") or ""
-        resolutions = options.get("resolution")
-        config = preset(name, trigger, demo=self.demo, steps=options.get("steps"), rank=options.get("rank"),
-                        alpha=options.get("alpha") if options.get("alpha") is not None else
-                        (float(options["rank"]) if options.get("rank") is not None else None),
-                        lr=options.get("lr"), seed=options.get("seed"),
-                        resolutions=[int(r) for r in str(resolutions).split(",")] if resolutions else None)
-        task = options.get("task")
-        if task:
-            from training.task_register import check_task_free
-
-            check_task_free(self.settings.resolved_tasks_file(), task, bool(options.get("overwrite_task")))
-        from training.loop import output_dir_for
-
-        out = output_dir_for(self.settings, name)
-        if (out / "pytorch_lora_weights.safetensors").exists() or (out / "checkpoints").exists():
-            raise NameTaken(f"a LoRA named {name!r} already exists in {out.parent}; choose another name", param="name")
-        with self._lock:
-            active = [r for r in self.list() if r["status"] not in TERMINAL and r["name"] == name]
-        if active:
-            raise NameTaken(f"training {active[0]['id']} is already training {name!r}", param="name")
-        if not files:
-            raise TrainingConfigError("no photos uploaded (send them as `photos` files, or one .zip)", param="photos")
-        run_id = "tr_" + time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
-        folder = self.root / run_id
-        photos = folder / "photos"
-        photos.mkdir(parents=True)
-        try:
-            zips = [f for f in files if f[0].lower().endswith(".zip")]
-            if zips and len(files) > 1:
-                raise TrainingConfigError("send either one .zip or image files, not both", param="photos")
-            for filename, data in files:
-                safe = Path(filename.replace("\\", "/")).name
-                if not safe or safe.startswith("."):
-                    continue
-                (folder if zips else photos).joinpath(safe).write_bytes(data)
-            source = folder / Path(zips[0][0]).name if zips else photos
-            dataset = load_dataset(source, min_images=config.min_images, min_side=config.min_side)
-        except Exception:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        run = {"id": run_id, "status": "queued", "created": time.time(), "name": name, "trigger": trigger,
-               "task": task or None, "strength": float(options.get("strength") or 1.0),
-               "overwrite_task": bool(options.get("overwrite_task")), "source": str(source.relative_to(folder)),
-               "config": {"steps": config.steps, "rank": config.rank, "alpha": config.alpha, "lr": config.lr,
-                          "resolutions": list(config.resolutions), "seed": config.seed, "preset": config.preset},
-               "dataset": {k: v for k, v in dataset.summary().items() if k != "source"},
-               "attempts": 0, "cancel_requested": False, "error": None, "exit_code": None}
-        with self._lock:
-            self._write(run)
-        logger.info("training %s queued: %s (%d photos, %d steps)", run_id, name, len(dataset.photos), config.steps)
+        options = parse_options(values)
+        config = options.config(demo=self.demo)
+        with self._reserve(options):
+            replaces = check_names_free(self.settings, options)
+            run_id = "tr_" + time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
+            folder = self.root / run_id
+            folder.mkdir(parents=True)
+            try:
+                source, label = save_upload(folder, files, self.limits)
+                dataset = _CHECKER.submit(load_dataset, source, min_images=config.min_images,
+                                          min_side=config.min_side, skip_bad=options.skip_bad, limits=self.limits,
+                                          label=label).result()
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            warnings = [replace_warning(replaces)] if replaces else []
+            run = {"id": run_id, "status": "queued", "created": time.time(), "name": options.name,
+                   "trigger": options.trigger, "task": options.task, "strength": options.strength,
+                   "overwrite": options.overwrite, "overwrite_task": options.overwrite_task,
+                   "skip_bad": options.skip_bad, "source": str(source.relative_to(folder)), "label": label,
+                   "config": {"steps": config.steps, "rank": config.rank, "alpha": config.alpha, "lr": config.lr,
+                              "resolutions": list(config.resolutions), "seed": config.seed,
+                              "caption_dropout": config.caption_dropout,
+                              "checkpoint_every": config.checkpoint_every, "preset": config.preset},
+                   "dataset": {k: v for k, v in dataset.summary().items() if k != "source"},
+                   "replaces": replaces, "warnings": warnings,
+                   "attempts": 0, "cancel_requested": False, "error": None, "exit_code": None}
+            with self._lock:
+                self._write(run)
+        for w in warnings:
+            logger.warning("training %s: %s", run_id, w)
+        logger.info("training %s queued: %s (%d photos, %d steps)", run_id, options.name, len(dataset.photos),
+                    config.steps)
         return self.get(run_id)  # the supervisor loop (every 0.2 s) starts it when no other run is going
 
+    @contextmanager
+    def _reserve(self, options: TrainOptions):
+        """Hold the run's name (and task) while its upload is checked, so that of parallel submits with one
+        name exactly one is queued (the others: 409); a queued or running run holds them through run.json."""
+        keys = {("name", options.name)} | ({("task", options.task)} if options.task else set())
+        with self._lock:
+            for run in self.list():
+                if run["status"] in TERMINAL:
+                    continue
+                if run["name"] == options.name:
+                    raise NameTaken(f"training {run['id']} is already training {options.name!r}", param="name")
+                if options.task and run.get("task") == options.task:
+                    raise NameTaken(f"training {run['id']} will register the task {options.task!r}", param="task")
+            for kind, value in sorted(keys & self._reserved):
+                raise NameTaken(f"another upload for the {kind} {value!r} is being checked right now", param=kind)
+            self._reserved |= keys
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= keys
+
     # ------------------------------------------------------------------ read
-    def events(self, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
-        """Events written by the trainer after byte ``offset`` (whole lines only), and the new offset."""
-        path = self._dir(run_id) / "events.jsonl"
-        if not path.exists():
-            return [], offset
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        out = []
-        for line in data[:end].splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out, offset + end
+    def log(self, run_id: str) -> EventLog:
+        """The run's event log, refreshed (only what the trainer appended since the last read is read)."""
+        folder = self._dir(run_id)
+        with self._lock:
+            log = self._logs.pop(run_id, None) or EventLog(folder / "events.jsonl")
+            self._logs[run_id] = log
+            while len(self._logs) > _LOGS_KEPT:
+                self._logs.popitem(last=False)
+        log.refresh()
+        return log
+
+    def status(self, run_id: str) -> str:
+        """The run's status alone (cheap: run.json is parsed again only when it changed)."""
+        return self._read(run_id)["status"]
 
     def get(self, run_id: str) -> dict:
         run = self._read(run_id)
-        events, _ = self.events(run_id)
-        steps = [e for e in events if e.get("type") == "step"]
-        run["step"] = steps[-1]["step"] if steps else 0
+        log = self.log(run_id)
+        last = log.last_step
+        run["step"] = last["step"] if last else 0
         run["total"] = run["config"]["steps"]
-        run["loss"] = steps[-1]["loss"] if steps else None
-        run["eta_s"] = steps[-1]["eta_s"] if steps and run["status"] == "running" else None
-        by_step = {e["step"]: e["loss"] for e in steps}  # a resumed run repeats the steps after its checkpoint
-        run["losses"] = [[k, by_step[k]] for k in sorted(by_step)]
-        run["samples"] = [{"step": e["step"], "url": f"/api/trainings/{run_id}/files/{e['file']}"}
-                          for e in events if e.get("type") == "sample"]
+        run["loss"] = last.get("loss") if last else None
+        run["eta_s"] = last.get("eta_s") if last and run["status"] == "running" else None
+        run["losses"] = [[k, log.losses[k]] for k in sorted(log.losses)]
+        run["samples"] = [{"step": e.get("step"), "url": f"/api/trainings/{run_id}/files/{e.get('file')}"}
+                          for e in log.samples]
         if run["status"] == "succeeded":
             run["lora"] = f"lora/{run['name']}"
             run["report_url"] = f"/api/trainings/{run_id}/files/training.json"
@@ -199,10 +237,8 @@ class TrainingRuns:
 
     def file(self, run_id: str, rel: str) -> Path:
         """A file of the run's output folder (samples, report); never outside it."""
-        from training.loop import output_dir_for
-
         run = self._read(run_id)
-        out = output_dir_for(self.settings, run["name"]).resolve()
+        out = lora_folder(self.settings.models_dir, run["name"]).resolve()
         path = (out / rel).resolve()
         if out not in path.parents or not path.is_file() or path.suffix not in (".png", ".json"):
             raise RunNotFound(f"training {run_id!r} has no file {rel!r}", param="file")
@@ -226,7 +262,38 @@ class TrainingRuns:
 
     # ------------------------------------------------------------------ the worker
     def start(self) -> "TrainingRuns":
-        """Take back what a previous service left: running/interrupted runs resume, queued ones wait."""
+        """Supervise (or wait to: see the module docstring), then run the supervisor loop."""
+        if self._acquire_supervisor():
+            self._take_back()
+        else:
+            logger.info("trainings in %s are supervised by another process; this one takes uploads and takes over "
+                        "when that one stops", self.root)
+        self._thread = threading.Thread(target=self._loop, name="trainings", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def supervising(self) -> bool:
+        """True while this process starts and takes back the folder's trainings (it holds the lock)."""
+        return self._supervisor is not None
+
+    def _acquire_supervisor(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one service per trainings folder there
+            self._supervisor = True
+            return True
+        handle = open(self.root / SUPERVISOR_LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._supervisor = handle
+        return True
+
+    def _take_back(self) -> None:
+        """Take back what a previous supervisor left: running/interrupted runs resume, queued ones wait."""
         for run in self.list():
             if run["status"] in ("running", "interrupted"):
                 pid = run.get("pid")
@@ -237,13 +304,11 @@ class TrainingRuns:
                 self._update(run["id"], status="queued", resume=True)
                 logger.warning("training %s was interrupted by a restart; it will resume from its last checkpoint",
                                run["id"])
-        self._thread = threading.Thread(target=self._loop, name="trainings", daemon=True)
-        self._thread.start()
-        return self
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Service shutdown: ask the running trainer to checkpoint and exit; it resumes at next start."""
         self._stopping = True
+        self._wake.set()
         with self._lock:
             proc, run_id = self._proc, self._running
             if proc is not None and run_id:
@@ -254,14 +319,32 @@ class TrainingRuns:
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._supervisor not in (None, True):
+            self._supervisor.close()  # releases the flock: another process may supervise now
+        self._supervisor = None
 
     def _loop(self) -> None:
+        """Every 0.2 s: reap the trainer, start the next queued run. A failure (a folder it cannot read, a
+        full disk) is logged and retried with a doubling pause up to 30 s, never in a hot loop; a run that
+        cannot start is failed by ``_launch`` itself, so it never blocks the runs queued after it."""
+        pause = 0.2
         while not self._stopping:
+            if self._supervisor is None:  # another process supervises: take over when it is gone
+                if self._acquire_supervisor():
+                    logger.info("trainings in %s: the supervising process is gone; this one supervises now", self.root)
+                    self._take_back()
+                else:
+                    self._wake.wait(1.0)
+                    continue
             try:
                 self._tick()
+                pause = 0.2
             except Exception:  # the loop must outlive one bad run folder
-                logger.exception("training supervisor error")
-            time.sleep(0.2)
+                pause = min(pause * 2, _BACKOFF_MAX_S)
+                logger.exception("training supervisor error; next try in %.1f s", pause)
+            self._wake.wait(pause)
 
     def _tick(self) -> None:
         with self._lock:
@@ -277,42 +360,77 @@ class TrainingRuns:
             if queued:
                 self._launch(queued[0])
 
-    def _launch(self, run: dict) -> None:
-        folder = self._dir(run["id"])
-        s = self.settings
-        cmd = [sys.executable, "-m", "cli", "train", str(folder / run["source"]), "--name", run["name"],
-               "--trigger", run["trigger"], "--events", str(folder / "events.jsonl"),
-               "--cancel-file", str(folder / "cancel"), "--steps", str(run["config"]["steps"]),
-               "--rank", str(run["config"]["rank"]), "--alpha", str(run["config"]["alpha"]),
-               "--lr", str(run["config"]["lr"]), "--seed", str(run["config"]["seed"]),
-               "--resolution", ",".join(map(str, run["config"]["resolutions"])),
-               "--model-type", s.model_type, "--device", s.device, "--dtype", s.dtype]
-        if s.model_path is not None:
-            cmd += ["--model-path", str(s.model_path)]
-        if s.tasks_file is not None:
-            cmd += ["--tasks-file", str(s.tasks_file)]
+    def _options(self, run: dict) -> TrainOptions:
+        """The run's options, checked again by the shared rules (a run.json written by an older version, or
+        edited, may hold values that version accepted)."""
+        config = run["config"]
+        values = {"name": run["name"], "trigger": run.get("trigger"), "task": run.get("task"),
+                  "steps": config.get("steps"), "rank": config.get("rank"), "alpha": config.get("alpha"),
+                  "lr": config.get("lr"), "resolution": config.get("resolutions"), "seed": config.get("seed"),
+                  "caption_dropout": config.get("caption_dropout"), "checkpoint_every": config.get("checkpoint_every"),
+                  "overwrite": run.get("overwrite", False), "overwrite_task": run.get("overwrite_task", False),
+                  "skip_bad": run.get("skip_bad", False)}
         if run.get("task"):
-            cmd += ["--task", run["task"], "--strength", str(run["strength"])]
-            if run.get("overwrite_task"):
-                cmd.append("--overwrite-task")
+            values["strength"] = run.get("strength", 1.0)
+        return parse_options(values)
+
+    def _launch(self, run: dict) -> None:
+        """Start ``flux-service train`` for ``run``; a run that cannot start is marked failed with its reason
+        (the queue moves on). Values are passed as ``--option=value`` and the photos after ``--``, so that
+        no value can be read as an option."""
+        folder = self._dir(run["id"]).resolve()
+        s = self.settings
+        try:
+            options = self._options(run)
+            source = (folder / str(run.get("source", ""))).resolve()
+            if folder not in source.parents:
+                raise RunNotFound(f"training {run['id']} names no photos of its own", param="photos")
+        except (FluxServiceError, KeyError, TypeError, ValueError) as exc:
+            self._refuse(run["id"], exc)
+            return
+        cmd = [sys.executable, "-m", "cli", "train", *options.cli_args(), f"--events={folder / 'events.jsonl'}",
+               f"--cancel-file={folder / 'cancel'}", f"--source-label={run.get('label') or source.name}",
+               f"--model-type={s.model_type}", f"--device={s.device}", f"--dtype={s.dtype}"]
+        if s.model_path is not None:
+            cmd.append(f"--model-path={Path(s.model_path).resolve()}")
+        cmd.append(f"--tasks-file={s.resolved_tasks_file().resolve()}")
         if run.get("resume"):
             cmd.append("--resume")
+        cmd += ["--", str(source)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}
-        env.update(FLUX_MODELS_DIR=str(Path(s.models_dir).resolve()), FLUX_DEMO_CACHE_DIR=str(s.demo_cache_dir),
+        env.update(FLUX_MODELS_DIR=str(Path(s.models_dir).resolve()),
+                   FLUX_DEMO_CACHE_DIR=str(Path(s.demo_cache_dir).resolve()),
                    FLUX_ALLOW_DEMO=str(s.allow_demo).lower(), FLUX_MAX_SEQUENCE_LENGTH=str(s.max_sequence_length),
-                   PYTHONUNBUFFERED="1")
+                   FLUX_TRAINING_MAX_FILES=str(s.training_max_files),
+                   FLUX_TRAINING_MAX_FILE_BYTES=str(s.training_max_file_bytes),
+                   FLUX_TRAINING_MAX_IMAGE_PIXELS=str(s.training_max_image_pixels),
+                   FLUX_TRAINING_MAX_UNPACKED_BYTES=str(s.training_max_unpacked_bytes), PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        with open(folder / "log.txt", "ab") as log:
-            self._proc = subprocess.Popen(cmd, cwd=str(Path.cwd()), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
+        try:
+            with open(folder / "log.txt", "ab") as log:
+                self._proc = subprocess.Popen(cmd, cwd=str(Path.cwd()), env=env, stdout=log,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except (OSError, ValueError) as exc:
+            self._proc = None
+            self._refuse(run["id"], exc)
+            return
         self._running = run["id"]
         self._update(run["id"], status="running", pid=self._proc.pid, attempts=run.get("attempts", 0) + 1,
                      started=time.time())
         logger.info("training %s started (pid %d)%s", run["id"], self._proc.pid, " with --resume" if run.get("resume") else "")
 
+    def _refuse(self, run_id: str, exc: Exception) -> None:
+        if isinstance(exc, FluxServiceError):
+            error = {"type": exc.type, "message": f"cannot start: {exc.message}", "param": exc.param}
+        else:
+            error = {"type": "training_failed", "message": f"the trainer could not be started "
+                     f"({type(exc).__name__}); the service log has the details", "param": None}
+        logger.error("training %s cannot start, marked failed: %s: %s", run_id, type(exc).__name__, exc)
+        self._update(run_id, status="failed", error=error, finished=time.time())
+
     def _finish(self, run_id: str, code: int) -> None:
         run = self._read(run_id)
-        events, _ = self.events(run_id)
+        events = self.log(run_id).since(0)
         error = next((e["error"] for e in reversed(events) if e.get("type") == "error"), None)
         if code == 0:
             status = "succeeded"
@@ -322,10 +440,11 @@ class TrainingRuns:
             status = "interrupted"  # service shutdown: resumes at the next start
         else:
             status = "failed"
-            if error is None:
-                tail = (self._dir(run_id) / "log.txt").read_text(encoding="utf-8", errors="replace")[-600:]
-                error = {"type": "training_failed", "message": f"the trainer exited with code {code}: {tail}",
-                         "param": None}
+            if error is None:  # the trainer's own output may name server paths: it goes to the log, not the client
+                tail = (self._dir(run_id) / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
+                logger.error("training %s: the trainer exited with code %d:\n%s", run_id, code, tail)
+                error = {"type": "training_failed", "message": f"the trainer exited with code {code}; the service "
+                         "log has its last lines", "param": None}
         (self._dir(run_id) / "cancel").unlink(missing_ok=True)
         task_served = None
         if status == "succeeded" and run.get("task") and self.on_task is not None:
@@ -335,6 +454,8 @@ class TrainingRuns:
             except Exception as exc:  # trained and registered all the same; say why it is not served yet
                 logger.error("task %s registered but not served until restart: %s", run["task"], exc)
                 task_served = False
+        if status == "succeeded" and run.get("replaces"):
+            logger.warning("training %s: %s", run_id, replace_warning(run["replaces"]))
         self._update(run_id, task_served=task_served, status=status, exit_code=code, error=error, finished=time.time(), resume=True)
         logger.info("training %s %s (exit code %d)", run_id, status, code)
 

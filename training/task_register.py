@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from pipelines.tasks import load_task_table
+from training.config import check_name
 from training.errors import NameTaken, TrainingConfigError
 
 _HEADER = re.compile(r"^\s*\[(?P<name>[^\]]+)\]\s*(#.*)?$")
@@ -25,9 +26,9 @@ def _toml_str(value: str) -> str:
 
 def check_task_free(tasks_file: Path, task: str, overwrite: bool) -> None:
     """Refuse a task name the table already has, before any training starts (not after twenty minutes)."""
-    if tasks_file.exists() and not overwrite and task in load_task_table(tasks_file).tasks:
-        raise NameTaken(f"task {task!r} already exists in {tasks_file}; choose another --task or pass "
-                        "--overwrite-task to replace it", param="task")
+    if Path(tasks_file).exists() and not overwrite and task in load_task_table(tasks_file).tasks:
+        raise NameTaken(f"task {task!r} already exists in the task table ({Path(tasks_file).name}); choose another "
+                        "task, or replace it (`overwrite_task=true`, `--overwrite-task`)", param="task")
 
 
 def task_section(task: str, *, lora: str, trigger: str, strength: float, size: int, description: str) -> str:
@@ -44,8 +45,7 @@ def task_section(task: str, *, lora: str, trigger: str, strength: float, size: i
 def register_task(tasks_file: Path, task: str, *, lora: str, trigger: str, strength: float = 1.0,
                   size: int = 1024, description: str = "", overwrite: bool = False) -> Path:
     """Add (or with ``overwrite`` replace) ``[tasks.<task>]``; refuse to clobber an existing task."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", task):
-        raise TrainingConfigError(f"`task` {task!r} must be 1-64 letters, digits, '_' or '-'", param="task")
+    check_name("task", task)
     tasks_file = Path(tasks_file)
     text = tasks_file.read_text(encoding="utf-8") if tasks_file.exists() else ""
     existing = load_task_table(tasks_file).tasks if text.strip() else {}
@@ -53,8 +53,8 @@ def register_task(tasks_file: Path, task: str, *, lora: str, trigger: str, stren
                            description=description or f"LoRA {Path(lora).name} trained by flux-service train")
     if task in existing:
         if not overwrite:
-            raise TrainingConfigError(f"task {task!r} already exists in {tasks_file}; choose another --task or "
-                                      "pass --overwrite-task to replace it", param="task")
+            raise TrainingConfigError(f"task {task!r} already exists in the task table ({tasks_file.name}); "
+                                      "choose another task, or replace it (`--overwrite-task`)", param="task")
         new_text = _replace_section(text, task, section)
     else:
         new_text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + \

@@ -5,10 +5,11 @@ Why a factory and no module-level app or settings: tests and benchmarks build ap
 ``uvicorn app.main:app`` (app/main.py) builds the app on first access with settings from the environment;
 ``flux-service serve`` calls ``create_app(Settings())`` itself.
 
-Lifespan (FastAPI's replacement for ``on_event``): start-up opens the job store (``app/jobs/``; its data
-folder is locked, so a second service on the same folder stops at once), loads the model and every task LoRA
+Lifespan (FastAPI's replacement for ``on_event``): start-up opens the job store (``app/jobs/``; several
+processes may share its folder, each running only the jobs it holds), loads the model and every task LoRA
 (a bad configuration stops start-up with the engine's message naming the file), puts the jobs a previous run
-did not finish back into the queue, and starts the worker. Shutdown starts at the signal, not at the lifespan
+did not finish back into the queue, starts the worker, and keeps taking over the jobs of processes that are
+gone (``app/jobs/sharing.py``). Shutdown starts at the signal, not at the lifespan
 (see ``app/jobs/shutdown.py``): refuse new work, answer queued direct requests 503, keep queued jobs on disk, let
 the running image finish for ``shutdown_grace_s``, then let uvicorn close. Without a signal (tests, an
 embedding server) the lifespan's end runs the same drain. A watchdog task stops the process the same way, with
@@ -28,7 +29,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
 from app.http import openapi
+from app.http.allow import install_allow
 from app.http.body_limit import BodyLimit
+from app.http.host_guard import HostGuard, bound_beyond_loopback_note
 from app.http.metrics import Metrics
 from app.http.origin_guard import OriginGuard
 from app.http.routes import generate, jobs, meta
@@ -36,9 +39,10 @@ from app.http.routes.docs import install_docs
 from app.http.routes.page import install_page
 from app.http.routes.trainings import install_trainings
 from app.http.schemas import params_model
-from app.http.security import require_api_key
+from app.http.security import ApiKeyGuard, require_api_key
 from app.http.startup_errors import StartupErrors
 from app.jobs import JobStore, pending_jobs
+from app.jobs.sharing import StoreSync
 from app.jobs.shutdown import SignalDrain, watch_worker
 from app.jobs.worker import Worker
 from pipelines.errors import ConfigError
@@ -102,15 +106,21 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
             raise
         metrics.bind(worker, eng)
         app.state.engine, app.state.worker, app.state.jobs = eng, worker, store
+        sync = StoreSync(store, worker, settings.request_timeout_s)
+        sync.start()
         signals = SignalDrain(worker, settings.shutdown_grace_s)
         signals.install()
         watchdog = asyncio.get_running_loop().create_task(watch_worker(worker, signals))  # a dead worker: exit 70
         logger.info("ready: queue size %d, request timeout %gs, jobs in %s%s", settings.queue_size,
                     settings.request_timeout_s, store.data_dir, ", API key required" if settings.api_key else "")
+        note = bound_beyond_loopback_note(settings.host, settings.allowed_hosts)
+        if note:
+            logger.info(note)
         try:
             yield
         finally:
             watchdog.cancel()
+            await sync.stop()
             if not worker.draining:
                 logger.info("shutting down: refusing new work, waiting up to %gs for the running image",
                             settings.shutdown_grace_s)
@@ -131,6 +141,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     app.state.params_model = params_model(engine.settings if engine is not None else settings)
 
     install_error_handlers(app)
+    install_allow(app)  # 405: Allow lists every method of the path
     from app.http.access_log import quiet_health_checks  # only the factory needs it
 
     quiet_health_checks(not settings.log_health_checks)
@@ -147,12 +158,15 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        overrides={"/api/trainings": settings.max_training_upload_bytes})  # photo uploads
+    app.add_middleware(ApiKeyGuard, api_key=settings.api_key)  # 401 before the body limit reads anything
     if settings.cors_origins:  # outermost, so even 413/401 answers carry the CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"],
                            expose_headers=generate.RESULT_HEADERS + ["Location"])
-    app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # outermost: 403 before any work
+    app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # 403 before any work
+    # outermost: the Origin check compares Origin with a Host that must be one of ours (DNS rebinding: 400)
+    app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts, bound_host=settings.host)
     app.add_middleware(StartupErrors)  # lifespan only: a configuration error is one line, not a traceback
     return app
 

@@ -9,10 +9,10 @@ Why this module: FastAPI derives most of the document from the routes, but four 
    the body ``... | Unset`` without importing ``Unset``), which is how issue 9 found it. Multipart and
    urlencoded forms (``curl -F``, ``FormData``) are accepted with the same fields and rules and are described
    in prose (the API description, docs/http-api.md). Swagger UI shows the JSON body with a working example.
-2. Errors: every status a route can return is listed with the error envelope (``error_responses``; 403 for
-   a refused ``Origin`` on every route and 408 for a slow body on routes with one are added here, since
-   middleware and the HTTP protocol send them); FastAPI's own 422 shape, which this service never sends,
-   is removed.
+2. Errors: every status a route can return is listed with the error envelope (``error_responses``; 400 for
+   a ``Host`` that is not ours and 403 for a refused ``Origin`` on every route, and 408 for a slow body on
+   routes with one, are added here, since middleware and the HTTP protocol send them); FastAPI's own 422
+   shape, which this service never sends, is removed.
 3. Security follows the configuration: Bearer auth and 401 only when ``FLUX_API_KEY`` is set.
 4. PNG answers are binary with every ``X-*`` header described, from the table the route sends them from.
 """
@@ -25,10 +25,11 @@ from app.errors import ErrorEnvelope
 
 #: what each error status means, wherever it is documented (docs/http-api.md has the same table)
 STATUS_TEXT = {
+    400: "the `Host` header names no host of this service (`FLUX_ALLOWED_HOSTS`; DNS rebinding protection)",
     401: "`FLUX_API_KEY` is set and `Authorization: Bearer <key>` is missing or wrong",
     403: "the request carries an `Origin` that is neither this service's nor in `FLUX_CORS_ORIGINS`",
     404: "unknown or expired job",
-    408: "the body did not arrive within `FLUX_BODY_TIMEOUT_S` after the headers",
+    408: "the body stopped arriving (`FLUX_BODY_TIMEOUT_S` without a byte, or under `FLUX_BODY_MIN_BYTES_PER_S`)",
     409: "the job has no image (yet): it has not succeeded",
     413: "the body is larger than `FLUX_MAX_BODY_BYTES`",
     422: "a field is missing, malformed, out of bounds or inconsistent (`param` names it)",
@@ -100,6 +101,7 @@ def _envelope(code: int) -> dict:
 
 def _fix_operation(operation: dict, api_key_set: bool) -> None:
     responses = operation.setdefault("responses", {})
+    responses.setdefault("400", _envelope(400))  # app/http/host_guard.py, before any route
     responses.setdefault("403", _envelope(403))  # app/http/origin_guard.py, before any route
     if "requestBody" in operation:
         responses.setdefault("408", _envelope(408))  # app/http/server_guard.py, while the body arrives

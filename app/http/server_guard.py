@@ -9,9 +9,15 @@ h11 protocol with three additions, each a setting:
 * ``FLUX_HEADER_TIMEOUT_S``: from the moment a connection is ready for a request (opened, or the previous
   response finished) until the request's headers are complete. Past it the connection is closed (there is
   no request to answer yet). A connection that sends nothing at all is closed the same way.
-* ``FLUX_BODY_TIMEOUT_S``: from the end of the headers until the end of the body. Past it the client gets
-  ``408`` with the JSON envelope and ``Connection: close`` (just a close if a response had started), and
-  the app's ``receive()`` reports a disconnect, so nothing waits on the rest of the body.
+* ``FLUX_BODY_TIMEOUT_S`` and ``FLUX_BODY_MIN_BYTES_PER_S``: the body must keep arriving. No gap between two
+  pieces of it (or between the headers and its first piece) may last longer than the timeout, and it may take
+  the timeout plus one second for every ``FLUX_BODY_MIN_BYTES_PER_S`` bytes received in all (Apache's
+  ``mod_reqtimeout`` rule), so a 60 MB upload at 1.5 MB/s goes through (issue 17 item 11: it got 408 after
+  30 s when the timeout bounded the whole body), while a client trickling a byte now and then is cut after
+  about the timeout. Past either bound the client gets ``408`` with the JSON envelope and
+  ``Connection: close`` (just a close if a response had started), and the app's ``receive()`` reports a
+  disconnect, so nothing waits on the rest of the body. While the server itself has stopped reading
+  (uvicorn's flow control: the app has not consumed what arrived), the clocks start again from zero.
 * ``FLUX_MAX_CONNECTIONS``: a request that arrives while more connections than this are open gets ``503``
   with the envelope and ``Retry-After`` (uvicorn's ``limit_concurrency`` idea, which answers plain text and
   also counts the refused connection itself). Slow connections free their place within the timeouts above.
@@ -42,10 +48,34 @@ class Limits:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    body_min_bytes_per_s: float = 1024.0
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
-        return cls(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
+        return cls(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections,
+                   settings.body_min_bytes_per_s)
+
+
+@dataclass
+class BodyClock:
+    """How a request's body is arriving: since when, how many bytes, the last one when (event loop time)."""
+
+    started: float
+    last: float
+    received: int = 0
+
+    def deadline(self, limits: Limits) -> float:
+        """The earlier of: one timeout after the last piece; the timeout plus a second per minimum-rate bytes."""
+        return min(self.last + limits.body_timeout_s,
+                   self.started + limits.body_timeout_s + self.received / limits.body_min_bytes_per_s)
+
+    def why_late(self, now: float, limits: Limits) -> str:
+        if now >= self.last + limits.body_timeout_s:
+            return (f"no part of the request body arrived for {limits.body_timeout_s:g} seconds "
+                    f"({self.received} bytes of it had arrived)")
+        return (f"the request body arrived too slowly: {self.received} bytes in {now - self.started:.1f} seconds; "
+                f"after the first {limits.body_timeout_s:g} seconds it must average at least "
+                f"{limits.body_min_bytes_per_s:g} bytes per second")
 
 
 def _json_bytes(type_: str, message: str) -> bytes:
@@ -69,6 +99,7 @@ class GuardedH11Protocol(H11Protocol):
         self._guard = self._limits()
         self._header_timer = None
         self._body_timer = None
+        self._body_clock: BodyClock | None = None
         self._timed_cycle = None
         app = self.app
 
@@ -85,7 +116,11 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        clock, cycle = self._body_clock, self.cycle
         super().data_received(data)
+        if clock is not None and cycle is self._timed_cycle:  # more of a body that was arriving: progress
+            clock.received += len(data)
+            clock.last = self.loop.time()
         self._track_request()
 
     def on_response_complete(self) -> None:
@@ -95,10 +130,10 @@ class GuardedH11Protocol(H11Protocol):
         self._track_request()
 
     def connection_lost(self, exc) -> None:
-        for timer in (self._header_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._header_timer = self._body_timer = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = None
+        self._stop_body_clock()
         super().connection_lost(exc)
 
     # ------------------------------------------------------------------ timers
@@ -118,14 +153,35 @@ class GuardedH11Protocol(H11Protocol):
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
+            self._stop_body_clock()
             if cycle.more_body:
-                self._body_timer = self.loop.call_later(self._guard.body_timeout_s, self._body_too_slow, cycle)
-        elif self._body_timer is not None and not cycle.more_body:
+                now = self.loop.time()
+                self._body_clock = BodyClock(started=now, last=now)
+                self._body_timer = self.loop.call_at(self._body_clock.deadline(self._guard), self._body_check, cycle)
+        elif self._body_clock is not None and not cycle.more_body:
+            self._stop_body_clock()
+
+    def _stop_body_clock(self) -> None:
+        if self._body_timer is not None:
             self._body_timer.cancel()
-            self._body_timer = None
+        self._body_timer = self._body_clock = None
+
+    def _body_check(self, cycle) -> None:
+        """At the earliest moment the body could be late: is it? (Progress moves the deadline; one timer per
+        request, re-armed here, instead of one per piece received.)"""
+        self._body_timer = None
+        clock = self._body_clock
+        if clock is None or cycle is not self.cycle or not cycle.more_body:
+            return
+        now = self.loop.time()
+        if self.flow is not None and self.flow.read_paused:  # the server is the slow one: not the client's fault
+            clock.started = clock.last = now
+            clock.received = 0
+        deadline = clock.deadline(self._guard)
+        if now < deadline:
+            self._body_timer = self.loop.call_at(deadline, self._body_check, cycle)
+            return
+        self._body_too_slow(cycle, clock.why_late(now, self._guard))
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
@@ -139,15 +195,14 @@ class GuardedH11Protocol(H11Protocol):
             pass
         self.transport.close()
 
-    def _body_too_slow(self, cycle) -> None:
-        self._body_timer = None
-        if self.transport.is_closing() or cycle is not self.cycle or not cycle.more_body:
+    def _body_too_slow(self, cycle, why: str) -> None:
+        self._body_clock = None
+        if self.transport.is_closing():
             return
-        logger.info("408 to %s %s %s: request body not complete within %gs (FLUX_BODY_TIMEOUT_S)", self._peer(),
-                    cycle.scope["method"], cycle.scope["path"], self._guard.body_timeout_s)
+        logger.info("408 to %s %s %s: %s (FLUX_BODY_TIMEOUT_S, FLUX_BODY_MIN_BYTES_PER_S)", self._peer(),
+                    cycle.scope["method"], cycle.scope["path"], why)
         if not cycle.response_started and not cycle.disconnected:
-            body = _json_bytes("request_timeout", f"the request body did not arrive within "
-                                                  f"{self._guard.body_timeout_s:g} seconds")
+            body = _json_bytes("request_timeout", why)
             try:
                 out = self.conn.send(h11.Response(status_code=408, reason=b"Request Timeout", headers=[
                     *self.server_state.default_headers, (b"content-type", b"application/json"),

@@ -1,9 +1,12 @@
-"""Start-up: the jobs a previous run accepted but did not finish go back into the queue, in submission order.
+"""Start-up (and later, when the folder is shared): the jobs a gone process accepted but did not finish go back
+into the queue, in submission order.
 
 A job that was running when the service stopped (or crashed) is simply run again from the first step: its seed
 was fixed at submission, so the image is the same one the client would have got. A job whose runs were
 interrupted ``MAX_ATTEMPTS`` times fails instead (it may be what crashes the service), with a message saying so.
 Each resumed job gets a fresh deadline (``request_timeout_s`` from now): the downtime is not its fault.
+Only jobs whose owner is gone (or let them go at its shutdown) are taken (``JobStore.claim_orphans``): a job
+another live process holds stays with it.
 """
 
 from __future__ import annotations
@@ -28,18 +31,23 @@ class Interrupted(FluxServiceError):
     type = "interrupted"
 
 
-def pending_jobs(store, request_timeout_s: float) -> list[Job]:
-    """Rebuild the unfinished jobs of ``store`` as queued ``Job``s (registered with the store again)."""
+def job_from_row(row, request_timeout_s: float, cls=Job) -> Job:
+    """An unfinished job's row as a queued ``cls`` (``Job``, or ``RemoteJob`` for one another process holds)."""
     known = {f.name for f in fields(GenerationRequest)}
+    data = json.loads(row["request"])
+    if data.get("loras") is not None:  # JSON gave lists back; the request holds (name, scale) tuples
+        data["loras"] = tuple((str(name), float(scale)) for name, scale in data["loras"])
+    return cls(request=GenerationRequest(**{k: v for k, v in data.items() if k in known}), kind="job",
+               deadline=time.monotonic() + request_timeout_s, total=row["total"], adapter=row["adapter"],
+               lora_scale=row["lora_scale"], id=row["id"], created_at=row["created_at"], attempts=row["attempts"])
+
+
+def pending_jobs(store, request_timeout_s: float) -> list[Job]:
+    """Claim the unfinished jobs of gone owners in ``store`` and rebuild them as queued ``Job``s (registered
+    with the store as this process's)."""
     jobs, interrupted, failed = [], 0, 0
-    for row in store.pending_rows():
-        data = json.loads(row["request"])
-        if data.get("loras") is not None:  # JSON gave lists back; the request holds (name, scale) tuples
-            data["loras"] = tuple((str(name), float(scale)) for name, scale in data["loras"])
-        job = Job(request=GenerationRequest(**{k: v for k, v in data.items() if k in known}), kind="job",
-                  deadline=time.monotonic() + request_timeout_s, total=row["total"], adapter=row["adapter"],
-                  lora_scale=row["lora_scale"], id=row["id"], created_at=row["created_at"],
-                  attempts=row["attempts"])
+    for row in store.claim_orphans():
+        job = job_from_row(row, request_timeout_s)
         store.adopt(job)
         if row["status"] == "running":
             interrupted += 1
@@ -53,6 +61,7 @@ def pending_jobs(store, request_timeout_s: float) -> list[Job]:
                 continue
         jobs.append(job)
     if jobs or failed:
-        logger.info("job store: resuming %d job(s) accepted before the restart (%d were running)%s", len(jobs),
+        logger.info("job store: resuming %d job(s) accepted before a restart or by a process that is gone (%d were "
+                    "running)%s", len(jobs),
                     interrupted - failed, f"; {failed} failed after {MAX_ATTEMPTS} interrupted runs" if failed else "")
     return jobs

@@ -10,8 +10,14 @@ a wrong picture), and retention bounds the folder by bytes.
 Who writes: the worker thread (a job started, was interrupted, finished), the event loop's helper threads (a job
 was accepted) and the store's own writer thread (retries); one connection behind one lock. Jobs that are queued or
 running live in memory too (``_live``: the ``Job`` objects the worker and the event streams share); a finished
-job is only a row and a file, read back as a ``StoredJob`` when asked for. One running service per data folder:
-the folder is locked (``flock``) while the store is open, because two services would both resume the same jobs.
+job is only a row and a file, read back as a ``StoredJob`` when asked for.
+
+Several processes may open one folder at once (a Ray rolling update starts the next ingress while the previous
+one drains; several ingress replicas; two services on one host): SQLite's WAL mode lets them read while one
+writes, and a busy timeout makes a writer wait for another's commit instead of failing. Each unfinished job has
+an *owner*, the store that accepted or took it over (``app/jobs/owners.py``): only the owner runs it, and a
+process takes over only jobs whose owner is gone or let them go (``claim_orphans``). A job another live process
+holds is read from its row (``RemoteJob``: state, progress, newest preview) and cancelled through it.
 
 Faults (``app/jobs/database.py`` tells them apart): an accepted job is never forgotten because its database write
 failed. A write that fails (another process holds the lock, the disk is full) leaves the job in memory, still
@@ -39,6 +45,8 @@ from app.errors import ImageCorrupt, NotFound, StorageError
 from app.jobs import retention
 from app.jobs.database import JobDatabase, classify, describe
 from app.jobs.job import Job
+from app.jobs.owners import OwnerLock, legacy_service_running, new_owner_id, owner_alive
+from app.jobs.remote import RemoteJob
 from pipelines.errors import ConfigError
 from pipelines.types import GenerationInfo
 
@@ -46,14 +54,21 @@ logger = logging.getLogger(__name__)
 
 RETRY_S = 0.5  # the writer thread's period: retry failed writes, notice a vanished database file
 MIN_FREE_BYTES = 16 * 1024 * 1024  # a full disk counts as "space returned" past this much free space
+#: progress (step, replica, newest preview) is written at most this often per job, for readers in other processes
+PROGRESS_EVERY_S = 0.5
+#: image files no row names are removed at start-up only when older than this: a younger one may be a file
+#: another process sharing the folder has written and not recorded yet
+ORPHAN_AGE_S = 600.0
 
+# the job's whole state (``cancel`` is another process's to write: never overwritten here)
 _UPSERT = """
 INSERT INTO jobs (id, status, request, total, adapter, lora_scale, created_at, started_at, finished_at, attempts,
-                  record, image, image_bytes, image_sha256)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  record, image, image_bytes, image_sha256, owner, step, replica, preview)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,
     finished_at=excluded.finished_at, attempts=excluded.attempts, record=excluded.record, image=excluded.image,
-    image_bytes=excluded.image_bytes, image_sha256=excluded.image_sha256
+    image_bytes=excluded.image_bytes, image_sha256=excluded.image_sha256, owner=excluded.owner,
+    step=excluded.step, replica=excluded.replica, preview=excluded.preview
 """
 
 
@@ -108,14 +123,16 @@ def _info_from(data: dict | None) -> GenerationInfo | None:
     return GenerationInfo(**values)
 
 
-def _row(job: Job) -> tuple:
+def _row(job: Job, owner: str | None) -> tuple:
     """The job's whole state as one row (the same upsert records a new job, a change, or a job again after the
-    database was replaced)."""
+    database was replaced). ``owner``: this store, or None for a job it let go."""
     image = f"{job.id}.png" if job.status == "succeeded" else None
+    preview = json.dumps(job.preview) if job.status == "running" and job.preview is not None else None
     return (job.id, job.status, json.dumps(asdict(job.request), ensure_ascii=False, default=str), job.total,
             job.adapter, job.lora_scale, job.created_at, job.started_at, job.finished_at, job.attempts,
             json.dumps(job.to_dict(), ensure_ascii=False) if job.done else None, image,
-            job.image_bytes if image else 0, job.image_sha256 if image else None)
+            job.image_bytes if image else 0, job.image_sha256 if image else None, owner, job.step, job.replica,
+            preview)
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -147,7 +164,11 @@ class JobStore:
         self._dirty: dict[str, int] = {}  # job id -> change number: state not yet written (retried)
         self._changes = 0
         self._fault: str | None = None
-        self._lock_file = None
+        self._released: set[str] = set()  # jobs let go (shutting down): written with no owner, then forgotten
+        #: this store's name in the ``owner`` column; its lock file says it is alive (app/jobs/owners.py)
+        self.owner = new_owner_id()
+        self._owner_lock: OwnerLock | None = None
+        self._progress_at: dict[str, float] = {}  # job id -> when its progress was last written
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
@@ -162,42 +183,24 @@ class JobStore:
     def _open(self) -> None:
         try:
             self.images.mkdir(parents=True, exist_ok=True)
+            self._owner_lock = OwnerLock(self.data_dir, self.owner).acquire()
         except OSError as exc:
             raise ConfigError(f"cannot create the data folder {self.data_dir} ({exc}); set FLUX_DATA_DIR to a "
                               "writable folder") from exc
-        self._lock_folder()
         try:
             self._db.open()
             self._sweep_orphans()
             self.prune()
         except BaseException:
-            self.close()  # release the folder lock
+            self.close()  # release the owner lock
             raise
         self._writer = threading.Thread(target=self._write_loop, name="flux-job-store", daemon=True)
         self._writer.start()
 
-    def _lock_folder(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no folder lock
-            return
-        handle = open(self.data_dir / "lock", "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "?"
-            handle.close()
-            raise ConfigError(f"the data folder {self.data_dir} is in use by another flux-service process (pid "
-                              f"{owner}); each service needs its own FLUX_DATA_DIR") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_file = handle
-
     def close(self) -> None:
-        """Stop the writer, write what is still pending (once more), close the database, free the folder."""
+        """Stop the writer, write what is still pending (once more), let go of this store's unfinished jobs (the
+        next start, or another process sharing the folder, takes them over), close the database and the owner
+        lock."""
         self._stop.set()
         self._wake.set()
         if self._writer is not None:
@@ -209,11 +212,19 @@ class JobStore:
             logger.error("job store: closing with %d job update(s) not written (%s): %s; those jobs run again "
                          "after the next start if their rows say queued or running", len(left), self._fault,
                          ", ".join(left))
+        if self._db.conn is not None:
+            try:
+                self._call(lambda db: db.execute("UPDATE jobs SET owner=NULL WHERE owner=? AND record IS NULL",
+                                                 (self.owner,)))
+            except StoreUnavailable as exc:  # the lock below goes with the process anyway: nothing is stranded
+                logger.warning("job store: could not let go of its unfinished jobs (%s)", exc.reason)
         with self._db_lock:
             self._db.close()
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the flock
-            self._lock_file = None
+        with self._mem:
+            self._live.clear()
+        if self._owner_lock is not None:
+            self._owner_lock.release()
+            self._owner_lock = None
 
     # ------------------------------------------------------------------ database access, with repair
     def _call(self, op):
@@ -237,19 +248,28 @@ class JobStore:
                 raise StoreUnavailable(reason) from exc
 
     def _check_files(self) -> None:
-        """Before each use: the database file is still ours and still SQLite's, else it is replaced now (the
-        open connection would go on working while what it writes is lost at the next start)."""
+        """Before each use: the database file is still the one at the path and still SQLite's; else it is
+        recreated (deleted), used (replaced by another process's sound file) or replaced (damaged) now: the open
+        connection would go on working while what it writes is lost at the next start."""
         vanished = self._db.vanished()
-        why, detail = ("vanished", vanished) if vanished else ("damaged", self._db.overwritten())
-        if detail is None:
+        overwritten = None if vanished else self._db.overwritten()
+        if vanished is None and overwritten is None:
             return
         try:
-            self._db.replace(why, detail)
+            if vanished == "deleted":
+                self._db.recreate("deleted")
+            elif vanished == "replaced" and self._db.path_is_sound():
+                self._db.switch("was replaced by another file (another process sharing the folder replaced a "
+                                "damaged or deleted one)")
+            else:
+                self._db.replace("damaged", overwritten or "was replaced by a file that is not a job database")
         except (OSError, sqlite3.Error) as exc:
-            reason = ("the job database was deleted and could not be recreated in the data folder" if vanished else
+            reason = ("the job database was deleted and could not be recreated in the data folder"
+                      if vanished == "deleted" else
                       "the job database is damaged and a new one could not be started in the data folder")
             if self._set_fault(reason):  # logged once, not at every retry
-                logger.error("job store: the job database %s and could not be replaced: %s", detail, exc)
+                logger.error("job store: the job database %s and could not be replaced: %s",
+                             vanished or overwritten, exc)
             raise StoreUnavailable(reason) from exc
         self._write_all_live()
 
@@ -273,7 +293,7 @@ class JobStore:
         with self._mem:
             jobs = sorted(self._live.values(), key=lambda j: j.created_at)
         try:
-            self._db.conn.executemany(_UPSERT, [_row(j) for j in jobs])
+            self._db.conn.executemany(_UPSERT, [self._row(j) for j in jobs])
         except sqlite3.Error as exc:
             logger.error("job store: could not write the %d job(s) in memory into the new database (%s); retrying",
                          len(jobs), exc)
@@ -285,10 +305,19 @@ class JobStore:
         with self._mem:
             self._dirty.clear()
             for job in jobs:
-                if job.done:
-                    self._live.pop(job.id, None)
+                if job.done or job.id in self._released:
+                    self._forget(job.id)
         if jobs:
             logger.info("job store: wrote the %d job(s) held in memory into the new database", len(jobs))
+
+    def _row(self, job: Job) -> tuple:
+        return _row(job, None if job.id in self._released else self.owner)
+
+    def _forget(self, job_id: str) -> None:
+        """(``_mem`` held) A job whose last state is written and that this process no longer runs."""
+        self._live.pop(job_id, None)
+        self._released.discard(job_id)
+        self._progress_at.pop(job_id, None)
 
     def _set_fault(self, reason: str) -> bool:
         """Record why the store fails; True (and one log line) when it was working until now."""
@@ -323,7 +352,7 @@ class JobStore:
             if job.id in self._live:
                 return
         try:
-            self._call(lambda db: db.execute(_UPSERT, _row(job)))
+            self._call(lambda db: db.execute(_UPSERT, self._row(job)))
         except StoreUnavailable as exc:
             logger.error("job store: could not record job %s: %s", job.id, exc.reason)
             raise StorageError(f"the job could not be saved ({exc.reason}); it was not queued") from None
@@ -342,7 +371,7 @@ class JobStore:
                          "the next start", job.id, exc.reason)
 
     def adopt(self, job: Job) -> None:
-        """A job read back at start-up (``resume``): known again, already on disk."""
+        """A job this store claimed (``resume``): known again, already on disk."""
         with self._mem:
             self._live[job.id] = job
 
@@ -353,12 +382,41 @@ class JobStore:
             job.status = "running"  # as the worker already set it; the journal's word does not depend on that
         self._record(job)
 
+    def progressed(self, job: Job) -> None:
+        """Step, replica and newest preview, for readers in other processes: at most every ``PROGRESS_EVERY_S``
+        per job (and always the last step), so a GPU's step rate costs no disk traffic. Best effort: skipped
+        while the store is failing (the job's end is what must be written, and it is)."""
+        now = time.monotonic()
+        if now - self._progress_at.get(job.id, 0.0) < PROGRESS_EVERY_S and job.step < job.total:
+            return
+        self._progress_at[job.id] = now
+        with self._mem:
+            if self._fault is not None:
+                return
+        preview = json.dumps(job.preview) if job.preview is not None else None
+        try:
+            self._call(lambda db: db.execute("UPDATE jobs SET step=?, replica=?, preview=? WHERE id=?",
+                                             (job.step, job.replica, preview, job.id)))
+        except StoreUnavailable:
+            pass
+
     def interrupted(self, job: Job) -> None:
         """Stopped by a shutdown (the job is queued again, ``Job.suspend``): written as queued, to run again."""
         self._record(job)
 
+    def released(self, job: Job) -> None:
+        """This process will not run it (shutting down): another process sharing the folder, or the next start,
+        takes it over now rather than when this one has exited. Forgotten here once written."""
+        with self._mem:
+            if job.id not in self._live:
+                return
+            self._released.add(job.id)
+        self._record(job)
+
     def finished(self, job: Job) -> None:
         """Record the terminal state; the in-memory job is forgotten once that is written (its PNG is a file)."""
+        with self._mem:
+            self._released.discard(job.id)  # (cancelled after it was let go: it ends here, owned)
         self._record(job)
 
     def save_image(self, job: Job, png: bytes) -> None:
@@ -394,12 +452,12 @@ class JobStore:
             return True
         try:
             for job, change in pending:
-                self._call(lambda db, job=job: db.execute(_UPSERT, _row(job)))
+                self._call(lambda db, job=job: db.execute(_UPSERT, self._row(job)))
                 with self._mem:
                     if self._dirty.get(job.id) == change:  # not changed again meanwhile
                         del self._dirty[job.id]
-                        if job.done:
-                            self._live.pop(job.id, None)
+                        if job.done or job.id in self._released:
+                            self._forget(job.id)
         except StoreUnavailable:
             return False
         self._clear_fault()
@@ -438,14 +496,76 @@ class JobStore:
             return
         self._clear_fault()
 
+    # ------------------------------------------------------------------ sharing the folder
+    def owner_alive(self, owner: str | None) -> bool:
+        if owner is None:
+            return False
+        return owner == self.owner or owner_alive(self.data_dir, owner)
+
+    def claim_orphans(self) -> list[sqlite3.Row]:
+        """Take over the unfinished jobs whose owner is gone or let them go, in submission order; each row is
+        claimed with one conditional UPDATE, so of several processes looking at once exactly one gets it. None
+        while the database cannot be used (the next pass tries again)."""
+        try:
+            rows = self._call(lambda db: db.execute(
+                "SELECT * FROM jobs WHERE record IS NULL AND (owner IS NULL OR owner != ?) ORDER BY seq",
+                (self.owner,)).fetchall())
+        except StoreUnavailable:
+            return []
+        alive: dict[str | None, bool] = {}
+        claimed = []
+        for row in rows:
+            owner = row["owner"]
+            if owner not in alive:
+                alive[owner] = legacy_service_running(self.data_dir) if owner is None else self.owner_alive(owner)
+            if alive[owner] or not self.claim(row["id"], owner):
+                continue
+            claimed.append(self.row(row["id"]))
+        return [r for r in claimed if r is not None]
+
+    def claim(self, job_id: str, previous_owner: str | None) -> bool:
+        """Make an unfinished job this store's, if it still belongs to ``previous_owner`` (no one else took it)."""
+        try:
+            return self._call(lambda db: db.execute(
+                "UPDATE jobs SET owner=? WHERE id=? AND owner IS ? AND record IS NULL",
+                (self.owner, job_id, previous_owner)).rowcount) == 1
+        except StoreUnavailable:
+            return False
+
+    def request_cancel(self, job_id: str, message: str) -> None:
+        """A DELETE for a job another live process runs: its owner reads this (``cancel_requests``) and stops it."""
+        try:
+            self._call(lambda db: db.execute("UPDATE jobs SET cancel=? WHERE id=? AND record IS NULL",
+                                             (message, job_id)))
+        except StoreUnavailable as exc:
+            raise StorageError(f"job {job_id!r} runs in another process and the cancellation could not be passed "
+                               f"on now ({exc.reason}); retry later", param="id") from None
+
+    def cancel_requests(self) -> list[tuple[str, str]]:
+        """(job id, message) of this store's unfinished jobs that a DELETE in another process asked to stop."""
+        try:
+            return self._call(lambda db: [(r["id"], r["cancel"]) for r in db.execute(
+                "SELECT id, cancel FROM jobs WHERE owner=? AND cancel IS NOT NULL AND record IS NULL",
+                (self.owner,))])
+        except StoreUnavailable:
+            return []
+
+    def row(self, job_id: str) -> sqlite3.Row | None:
+        """A job's row (None: no such row, or the database cannot be read now)."""
+        try:
+            return self._call(lambda db: db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        except StoreUnavailable:
+            return None
+
     # ------------------------------------------------------------------ reads
     def live(self, job_id: str) -> Job | None:
-        """A queued or running job (or a finished one not written yet): memory only, safe on the event loop."""
+        """A job this process runs (queued, running, or finished and not written yet): memory only, safe on the
+        event loop."""
         with self._mem:
             return self._live.get(job_id)
 
-    def get(self, job_id: str) -> Job | StoredJob:
-        """Any job; reads the database for finished ones (so call it from a thread, not the event loop)."""
+    def get(self, job_id: str) -> Job | StoredJob | RemoteJob:
+        """Any job; reads the database for the others (so call it from a thread, not the event loop)."""
         live = self.live(job_id)
         if live is not None:
             return live
@@ -454,8 +574,10 @@ class JobStore:
         except StoreUnavailable as exc:
             raise StorageError(f"job {job_id!r} cannot be looked up now ({exc.reason}); retry later",
                                param="id") from None
-        if row is None or row["record"] is None or self._expired(row):
-            if row is not None and row["record"] is not None:
+        if row is not None and row["record"] is None:
+            return RemoteJob.from_row(row, self)  # held by another process (or let go and not taken yet)
+        if row is None or self._expired(row):
+            if row is not None:
                 self.prune()
             raise NotFound(f"no job {job_id!r}: it never existed or it finished and was forgotten (finished jobs "
                            f"are kept {self.ttl_s:g}s and at most {self.max_kept}), so it may have expired",
@@ -480,11 +602,6 @@ class JobStore:
             raise ImageCorrupt(f"job {job.id!r}: its image file in the data folder is damaged (it no longer matches "
                                "the sha256 recorded when it was made); submit the job again", param="id")
         return png
-
-    def pending_rows(self) -> list[sqlite3.Row]:
-        """Jobs a previous run accepted but did not finish, in submission order."""
-        return self._call(lambda db: db.execute(
-            "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq").fetchall())
 
     def live_count(self) -> int:
         with self._mem:
@@ -525,9 +642,14 @@ class JobStore:
         return len(doomed)
 
     def _sweep_orphans(self) -> None:
-        """Files no row names (a crash between writing an image and recording it, or half-written temps)."""
+        """Files no row names (a crash between writing an image and recording it, or half-written temps), once
+        they are old enough that no process sharing the folder can still be about to record them."""
         named = {r[0] for r in self._call(lambda db: db.execute("SELECT image FROM jobs WHERE image IS NOT NULL"
                                                                  ).fetchall())}
+        cutoff = time.time() - ORPHAN_AGE_S
         for path in self.images.iterdir():
-            if path.name not in named:
-                path.unlink(missing_ok=True)
+            try:
+                if path.name not in named and path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass

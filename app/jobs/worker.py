@@ -12,12 +12,15 @@ Durable jobs: the worker tells its ``journal`` (the job store, ``app/jobs/``) wh
 interrupted and finished, so a job's state on disk follows it; direct requests are tied to their connection
 and never recorded. Shutdown (``begin_drain``, called at SIGTERM): queued direct requests are answered 503
 at once, queued jobs stay queued on disk for the next start, the running image may finish until the grace
-ends and is then stopped at its next step (a stopped job goes back to queued on disk).
+ends and is then stopped at its next step (a stopped job goes back to queued on disk). A job kept this way is
+let go in the store at once (``released``), so another process sharing the data folder takes it over without
+waiting for this one to exit (``app/jobs/sharing.py``).
 
 Faults: an exception while serving one job fails that job and the thread goes on. If the thread itself stops
 (an exception that is not an ``Exception``, a bug in the loop), ``failure`` says why, direct requests waiting
-for it are answered 503 at once and durable jobs stay on disk; ``/ready`` answers 503 and the lifespan stops
-the process with a non-zero status (``app/jobs/shutdown.py``) so that its supervisor restarts it.
+for it are answered 503 at once and durable jobs stay on disk (let go, like at a shutdown); ``/ready`` answers
+503 and the lifespan stops the process with a non-zero status (``app/jobs/shutdown.py``) so that its supervisor
+restarts it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from collections import deque
 from app.errors import NotReady, RetryLater, ShuttingDown, StorageError
 from app.jobs.job import Job
 from app.jobs.previews import JobPreviewer
+from app.jobs.remote import RemoteJob
+from app.jobs.sharing import cancel_elsewhere
 from pipelines.errors import Cancelled, DeadlineExceeded, FluxServiceError
 
 logger = logging.getLogger(__name__)
@@ -102,6 +107,7 @@ class Worker:
             for job in queued:
                 if job.kind == "job" and self.journal is not None:
                     job.suspend("the service is shutting down; this job is kept and runs after the next start")
+                    self.journal.released(job)
                 else:
                     self._finish(job, ShuttingDown("the service is shutting down and did not start this request; "
                                                    "send it again (to another instance, or after the restart)"))
@@ -152,7 +158,11 @@ class Worker:
             self._cond.notify_all()
 
     def cancel(self, job: Job, reason: FluxServiceError) -> None:
-        """Queued: removed now. Running: stopped at the next denoising step. Finished: nothing to do."""
+        """Queued: removed now. Running: stopped at the next denoising step. Finished: nothing to do. Held by
+        another process sharing the job store: asked through the store (``cancel_elsewhere``)."""
+        if isinstance(job, RemoteJob):
+            cancel_elsewhere(self.journal, job, reason)
+            return
         with self._cond:
             if job in self._queue:
                 self._queue.remove(job)
@@ -226,6 +236,7 @@ class Worker:
             try:
                 if job.kind == "job" and self.journal is not None:
                     job.suspend("the worker stopped unexpectedly; this job is kept and runs after the service restarts")
+                    self.journal.released(job)  # another process sharing the folder may take it over at once
                 else:
                     self._finish(job, NotReady("the worker stopped unexpectedly and did not finish this request; "
                                                "send it again in a moment (the service restarts)"))
@@ -258,6 +269,8 @@ class Worker:
                 raise DeadlineExceeded(f"stopped at step {step}/{total}: the request ran past its deadline")
             job.step, job.total = step, total
             job.publish("progress", {"step": step, "total": total})
+            if self.journal is not None and job.kind == "job":
+                self.journal.progressed(job)  # for readers in other processes sharing the store
 
         started = time.perf_counter()
         try:
@@ -267,6 +280,7 @@ class Worker:
             if job.kind == "job" and self.journal is not None:  # kept: runs again from step 0 after the restart
                 job.suspend(f"{exc.message}; this job is kept and runs again after the next start")  # queued again
                 self.journal.interrupted(job)
+                self.journal.released(job)
                 logger.info("shutdown: job %s stopped at the grace; it runs again after the next start", job.id)
                 return
             self._finish(job, exc)

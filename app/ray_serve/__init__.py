@@ -3,11 +3,14 @@ N engine replicas, one ``FluxEngine`` each (one GPU each on CUDA), with requests
 
 One face: ``build_app(args)`` (the Serve application, also the ``import_path`` of deploy/serve_config.yaml)
 and ``serve_forever(settings, replicas)`` (``flux-service serve --ray``). Everything else here is detail:
-``engine_deployment`` (the replicas), ``ray_worker`` (the ingress side of a generation), ``planning``
-(validation in the ingress without model weights), ``ingress`` (the Serve wrapper around ``create_app``).
+``engine_deployment`` (the replicas), ``lora_lru`` (their resident LoRAs), ``ray_worker`` (the ingress side of
+a generation), ``planning`` (validation in the ingress without model weights), ``ingress`` (the Serve wrapper
+around ``create_app``), ``launch`` (building and starting), ``lifecycle`` (``serve --ray`` until its clean
+exit), ``logs`` (our log lines in Serve's replica logs).
 Import this package only where Ray is installed (``pip install -e '.[ray]'``).
 """
 
-from app.ray_serve.launch import build_app, serve_forever
+from app.ray_serve.launch import build_app
+from app.ray_serve.lifecycle import serve_forever
 
 __all__ = ["build_app", "serve_forever"]

@@ -4,16 +4,21 @@ Why these settings: a replica owns one GPU (one CPU budget on CPU) and one resid
 re-entrant, so ``max_ongoing_requests=1``; what waits beyond that waits in Ray's queue, bounded by
 ``max_queued_requests`` (= ``FLUX_QUEUE_SIZE``), whose overflow (``BackPressureError``) the ingress answers
 with our 503 + ``Retry-After`` envelope. ``@serve.multiplexed`` lives here, not on the ingress (Ray is
-moving to forbid it there): the model id of a request is its LoRA set (today: one LoRA file, "" for the
-base model), Ray routes it to a replica where that LoRA is already resident, and each replica keeps at most
-``FLUX_RAY_MAX_LORAS`` resident, unloading the least recently used (``FluxEngine.unload_adapter``).
+moving to forbid it there): the model id of a request is its LoRA set (every LoRA file it uses, "" for the
+base model), so Ray routes it to a replica that served that set recently; which files stay resident is the
+replica's own LRU, per file (``lora_lru.py``: at most ``FLUX_RAY_MAX_LORAS``, least recently used unloaded).
 
 ``generate`` is a streaming method: it yields ``("running", {replica})``, then ``("progress", {step,
-total})`` per denoising step, then one final ``("succeeded", {png, info})`` or ``("error", {...})``. Typed
-errors travel as plain data (class name, message, param) and are rebuilt in the ingress, so the client gets
-the same envelope as from the single-process service. Cancelling the response (``DeploymentResponse
-Generator.cancel()``: DELETE, client gone, deadline) raises ``CancelledError`` here; the denoising thread
-is then stopped at its next step and awaited, so a replica never runs two generations at once.
+total})`` per denoising step (and for jobs ``("preview", {...})`` every few steps), then one final
+``("succeeded", {png, info})`` or ``("error", {...})``. Typed errors travel as plain data (class name,
+message, param) and are rebuilt in the ingress, so the client gets the same envelope as from the
+single-process service. Cancelling the response (``DeploymentResponseGenerator.cancel()``: DELETE, client
+gone, deadline, the end of a shutdown grace) raises ``CancelledError`` here; the denoising thread is then
+stopped at its next step and awaited, so a replica never runs two generations at once.
+
+Previews: made for every job (``payload["previews"]``), not only while a reader watches as in one process,
+because a reader connects after the job has already been sent here and there is no way to tell a running
+replica; each costs about 1 ms (ten per image, docs/benchmarks.md), noise next to a denoising step.
 """
 
 from __future__ import annotations
@@ -26,22 +31,11 @@ import time
 
 from ray import serve
 
+from app.ray_serve.logs import route_to_serve_logs
 from pipelines.errors import Cancelled, DeadlineExceeded, FluxServiceError
+from pipelines.preview import every_n_steps
 
 logger = logging.getLogger(__name__)
-
-
-class _ResidentLora:
-    """What the multiplexer caches per model id; Ray calls ``__del__`` when it evicts it (LRU)."""
-
-    def __init__(self, engine, file: str) -> None:
-        self.engine, self.file, self._gone = engine, file, False
-        engine.ensure_adapter(file)
-
-    def __del__(self) -> None:
-        if not self._gone:
-            self._gone = True
-            self.engine.unload_adapter(self.file)
 
 
 def error_data(exc: FluxServiceError) -> dict:
@@ -55,7 +49,10 @@ def engine_deployment(max_loras: int):
 
     class FluxEngineReplica:
         def __init__(self, settings) -> None:
+            from app.ray_serve.lora_lru import LoraLru
             from pipelines.engine import FluxEngine
+
+            route_to_serve_logs()  # the per-image line and our warnings in the replica log (and the console)
 
             if settings.device in ("auto", "cpu") and not _cuda():
                 import torch
@@ -64,22 +61,26 @@ def engine_deployment(max_loras: int):
                 torch.set_num_threads(threads)  # one replica = its num_cpus, never the whole host
             self.engine = FluxEngine.from_settings(settings)
             # Every task LoRA was read and checked at construction (a bad file stops start-up, as in one
-            # process); from now on only the multiplexer decides which ones stay resident.
+            # process); from now on the replica's LRU decides which ones stay resident (lora_lru.py).
             for adapter in self.engine.resident_adapters():
                 self.engine.unload_adapter(adapter.file)
+            self.loras = LoraLru(self.engine, max_loras)
             self.replica = serve.get_replica_context().replica_id.to_full_id_str()
             self.images = 0
             logger.info("engine replica %s ready (%s)", self.replica, self.engine.device)
 
         @serve.multiplexed(max_num_models_per_replica=max_loras)
-        async def lora_set(self, model_id: str) -> _ResidentLora:
-            return await asyncio.to_thread(_ResidentLora, self.engine, model_id)
+        async def lora_set(self, model_id: str) -> str:
+            """Tells Ray this replica serves ``model_id`` (routing); the loading is ``self.loras``'s, per file."""
+            return model_id
 
         async def describe(self) -> dict:
             return {"replica": self.replica, "pid": os.getpid(), "images": self.images,
                     "resident_loras": [str(a.file) for a in self.engine.resident_adapters()]}
 
         async def generate(self, payload: dict):
+            from app.ray_serve.lora_lru import files_of
+
             lora = serve.get_multiplexed_model_id()
             yield ("running", {"replica": self.replica})
             loop = asyncio.get_running_loop()
@@ -99,11 +100,14 @@ def engine_deployment(max_loras: int):
                     raise DeadlineExceeded(f"stopped at step {step}/{total}: the request ran past its deadline")
                 loop.call_soon_threadsafe(events.put_nowait, ("progress", {"step": step, "total": total}))
 
+            previewer = _Previews(loop, events) if payload.get("previews") else None
+
             def run() -> tuple[str, dict]:
                 if time.time() > deadline_wall:
                     return "error", error_data(DeadlineExceeded("the request waited in the queue past its deadline"))
                 try:
-                    result = self.engine.generate(payload["request"], progress=progress)
+                    self.loras.use(files_of(lora))  # the engine is idle here: load the set, unload beyond the bound
+                    result = self.engine.generate(payload["request"], progress=progress, preview=previewer)
                     return "succeeded", {"png": result.png_bytes(), "info": result.info.to_dict()}
                 except FluxServiceError as exc:
                     return "error", error_data(exc)
@@ -132,14 +136,25 @@ def engine_deployment(max_loras: int):
                 if "work" in locals():
                     await asyncio.shield(work)  # the GPU is free again before the next request runs
                 raise
-            except FluxServiceError as exc:  # the LoRA set could not be loaded
-                status, data = "error", error_data(exc)
             if status == "succeeded":
                 self.images += 1
             data["replica"] = self.replica
             yield (status, data)
 
     return FluxEngineReplica
+
+
+class _Previews:
+    """The engine's ``Previewer`` in a replica: every few steps, into the response stream."""
+
+    def __init__(self, loop, events) -> None:
+        self.loop, self.events = loop, events
+
+    def wants(self, step: int, total: int) -> bool:
+        return step % every_n_steps(total) == 0
+
+    def show(self, preview) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, ("preview", preview.to_dict()))
 
 
 def _cuda() -> bool:

@@ -1,19 +1,40 @@
-"""Build the Serve application and run it: ``flux-service serve --ray`` and ``serve deploy``.
+"""Build the Serve application and start it: ``serve deploy`` (``build_app``) and ``flux-service serve --ray``.
 
 ``build_app(args)`` is the application builder (``import_path: app.ray_serve:build_app`` in
-deploy/serve_config.yaml); ``args`` may override ``replicas``, ``max_loras`` and ``cpus_per_replica``, and
-everything else comes from the usual ``FLUX_*`` settings of the node that builds it. Replicas ask Ray for
-one GPU each when the host has CUDA (``num_gpus=1``), otherwise ``FLUX_RAY_CPUS_PER_REPLICA`` CPUs.
+deploy/serve_config.yaml); ``args`` may override ``replicas``, ``max_loras``, ``cpus_per_replica`` and
+``ingress_replicas`` (default 1; deploy/serve_config.yaml runs 2, so a redeploy always leaves one serving), and
+everything else comes from the usual ``FLUX_*`` settings of the node that builds it.
+Replicas ask Ray for one GPU each when the host has CUDA (``num_gpus=1``), otherwise
+``FLUX_RAY_CPUS_PER_REPLICA`` CPUs.
+
+Shutdown timing: Ray Serve force-kills a replica ``graceful_shutdown_timeout_s`` after it asked it to stop
+(a rolling update, ``serve.delete``). Both deployments get ``FLUX_SHUTDOWN_GRACE_S`` plus ``STOP_MARGIN_S``:
+an engine replica finishes the image it is making, an ingress runs its drain (the running image gets the
+grace, as under SIGTERM in one process) before it goes.
+
+``connect`` starts Ray for ``flux-service serve --ray``: a private local instance unless ``RAY_ADDRESS`` says
+which cluster to join (Ray's own ``ray.init()`` would join any cluster ``ray start`` left on this host, and
+the old shutdown then removed that cluster's applications too).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+
+from pipelines.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "flux"
+#: Ray's resource that only the head node has (Ray schedules its own singletons on it this way)
+HEAD_NODE = "node:__internal_head__"
+#: seconds beyond FLUX_SHUTDOWN_GRACE_S that Ray Serve gives a stopping replica before it kills it
+STOP_MARGIN_S = 15.0
+TOKEN_HINT = ("if the cluster uses token authentication (Ray 2.60 turns it on when ~/.ray/auth_token exists where "
+              "`ray start` runs), set RAY_AUTH_MODE=token here and make the cluster's token available "
+              "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); see docs/deploy.md")
 
 
 def build_app(args: dict):
@@ -33,44 +54,65 @@ def _build(args: dict | None, settings, extend_app=None):
     replicas = int(args.get("replicas", settings.ray_replicas))
     max_loras = int(args.get("max_loras", settings.ray_max_loras))
     cpus = float(args.get("cpus_per_replica", settings.ray_cpus_per_replica))
+    ingresses = int(args.get("ingress_replicas", 1))
     gpu = settings.device != "cpu" and _cuda()
     actor = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": cpus}
+    stop_s = settings.shutdown_grace_s + STOP_MARGIN_S
     engine = serve.deployment(
         engine_deployment(max_loras), name="FluxEngine", num_replicas=replicas, max_ongoing_requests=1,
         max_queued_requests=settings.queue_size, ray_actor_options=actor,
-        health_check_period_s=2, health_check_timeout_s=30,
+        health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=stop_s,
+        logging_config={"log_level": "INFO", "enable_access_log": False},  # no "CALL generate OK": the ingress logs
     ).bind(settings)
-    ingress = serve.deployment(FluxIngress, name="FluxIngress", num_replicas=1, max_ongoing_requests=1000,
-                               ray_actor_options={"num_cpus": 0})
+    # on the head node: every ingress, and the next one of a redeploy, opens the same job store (SQLite in WAL
+    # mode, which works only among processes of one host; app/jobs/owners.py)
+    ingress = serve.deployment(FluxIngress, name="FluxIngress", num_replicas=ingresses, max_ongoing_requests=1000,
+                               ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
+                               graceful_shutdown_timeout_s=stop_s, logging_config={"log_level": "INFO"})
     return ingress.bind(engine, settings, extend_app)
 
 
+def connect(*, num_cpus: int | None = None, setup_hook: str | None = None) -> bool:
+    """``ray.init`` for ``flux-service serve --ray``; True when it started a private instance (ours to stop).
+
+    ``setup_hook``: an importable function every Ray worker of ours runs first (the CLI passes its console
+    quieting, so replicas print no loading bars or library notices)."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"worker_process_setup_hook": setup_hook} if setup_hook else None
+    try:
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
+                 log_to_driver=True, logging_level=logging.WARNING, runtime_env=runtime_env)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, RuntimeError...
+        if address is None:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot join the Ray cluster at RAY_ADDRESS={address} ({type(exc).__name__}: {first}); "
+                          f"{TOKEN_HINT}") from None
+    if address:
+        logger.info("Ray: joined the cluster at %s (RAY_ADDRESS); on exit only the application %r is removed",
+                    address, APP_NAME)
+    else:
+        logger.info("Ray: started a private local instance (set RAY_ADDRESS to join a cluster instead)")
+    return address is None
+
+
 def start(settings, replicas: int, *, num_cpus: int | None = None, blocking: bool = False, extend_app=None):
-    """Start (or join, with ``RAY_ADDRESS``) Ray, start Serve's HTTP proxy on FLUX_HOST:FLUX_PORT and
-    deploy the app; returns once every replica is ready. ``extend_app``: an importable ``callable(app) -> app``
-    applied to the ingress's app (tests add their routes with it)."""
+    """Start (or join, with ``RAY_ADDRESS``) Ray unless a test already did, start Serve's HTTP proxy on
+    FLUX_HOST:FLUX_PORT and deploy the app; returns once every replica is ready. ``extend_app``: an importable
+    ``callable(app) -> app`` applied to the ingress's app (tests add their routes with it)."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+        connect(num_cpus=num_cpus)
+    # Serve's controller and proxies say only what goes wrong; our deployments log at INFO (the per-image line)
+    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config={"log_level": "WARNING"})
     started = time.perf_counter()
     serve.run(_build({"replicas": replicas}, settings, extend_app), name=APP_NAME, route_prefix="/",
               blocking=blocking)
-    logger.info("Ray Serve: %d engine replica(s) ready in %.1fs on http://%s:%d", replicas,
-                time.perf_counter() - started, settings.host, settings.port)
-
-
-def serve_forever(settings, replicas: int) -> None:
-    """``flux-service serve --ray``: run until Ctrl-C, then shut Serve down (drains the ingress)."""
-    from ray import serve
-
-    start(settings, replicas)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
+    where = (f"http://{settings.host}:{settings.port}" if not os.environ.get("RAY_ADDRESS") else
+             "the cluster's Serve HTTP proxy (FLUX_HOST/FLUX_PORT apply only where Serve was not running yet)")
+    logger.info("Ray Serve: %d engine replica(s) ready in %.1fs on %s", replicas, time.perf_counter() - started,
+                where)

@@ -64,7 +64,7 @@ async function run(kind) {
     if (failed) {
       const err = failed.error || { message: "生成失败 · Generation failed" };
       showError(err);
-      tracker.render(`失败 · Failed: ${errorPlain(err)}`);
+      tracker.render(`失败 · Failed: ${errorPlain(err)}`, true);
       return;
     }
     if (finals.some((f) => f.status === "cancelled")) { tracker.render("已取消 · Cancelled"); return; }
@@ -77,7 +77,7 @@ async function run(kind) {
     tracker.render(`完成 · Done${secs.length ? ` (${secs.map((s) => s.toFixed(1) + " s").join(" + ")})` : ""}`);
   } catch (e) {
     showError(e);
-    tracker.render(`出错 · Error: ${errorPlain(e)}`);
+    tracker.render(`出错 · Error: ${errorPlain(e)}`, true);
   } finally {
     hidePreview();
     setBusy(false);
@@ -111,7 +111,9 @@ function installPngDrop() {
   });
   let depth = 0; // dragenter/dragleave fire for every child element
   const hint = (on) => { $("drop-hint").hidden = !on; };
-  const hasFiles = (ev) => ev.dataTransfer && Array.from(ev.dataTransfer.types || []).includes("Files");
+  // only while the generator is shown (the Train tab takes its own drops: photos)
+  const hasFiles = (ev) => !$("gen-form").closest("main").hidden && ev.dataTransfer
+    && Array.from(ev.dataTransfer.types || []).includes("Files");
   document.addEventListener("dragenter", (ev) => { if (hasFiles(ev)) { depth++; hint(true); } });
   document.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) hint(false); });
   document.addEventListener("dragover", (ev) => { if (hasFiles(ev)) ev.preventDefault(); });
@@ -149,6 +151,19 @@ function init() {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); $("gen-form").requestSubmit(); }
   });
   $("gen-form").addEventListener("input", (ev) => { const f = fieldFor(ev.target.name) || ev.target.id; if ($(f + "-error")) clearFieldError(f); });
+  // The browser's own check (`required`...) stops a submit before run() clears the old messages: do it here,
+  // and show our message for the first invalid field (one check fires `invalid` on each) instead of its bubble.
+  let checking = false;
+  $("gen-form").addEventListener("invalid", (ev) => {
+    ev.preventDefault();
+    if (checking) return;
+    checking = true;
+    setTimeout(() => { checking = false; }, 0);  // after this whole check (a task, not a microtask)
+    clearErrors();
+    const f = fieldFor(ev.target.name) || ev.target.id;
+    if (f === "prompt" && ev.target.validity.valueMissing) showError({ param: "prompt", message: "请输入提示词 · Enter a prompt" });
+    else if ($(f + "-error")) showError({ param: ev.target.name, message: ev.target.validationMessage });
+  }, true);
   $("reuse").addEventListener("click", () => reuseShown(0));
   $("compare-with-reuse").addEventListener("click", () => reuseShown(0));
   $("compare-without-reuse").addEventListener("click", () => reuseShown(1));

@@ -7,6 +7,9 @@
 const FIELD_ZH = {
   prompt: "提示词", task: "任务", use_model_manager: "任务", lora_alpha: "LoRA 强度", width: "宽度",
   height: "高度", seed: "随机种子", num_inference_steps: "步数", guidance_scale: "引导系数",
+  // the Train tab's fields (POST /api/trainings)
+  photos: "照片", name: "LoRA 名称", trigger: "触发词", steps: "步数", rank: "秩", alpha: "alpha", lr: "学习率",
+  resolution: "分辨率", strength: "强度",
 };
 
 const got = (v) => (v ? `（收到 ${v}）` : "");

@@ -14,6 +14,7 @@ export async function loadTasks() {
     const data = await (await api("/api/tasks")).json();
     state.tasks = data.tasks || [];
     state.limits = data.limits || null;
+    state.demo = Boolean(data.demo); // the Train tab shows the demo preset's defaults
     state.ready = true;
     $("api-key-error").textContent = "";
     showGlobal("");

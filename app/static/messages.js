@@ -2,6 +2,7 @@
 // (in Chinese and English, see errortext.js), with the focus moved to that field so it can be fixed at once.
 import { $ } from "./dom.js";
 import { renderError } from "./errortext.js";
+import { clearProgressError } from "./progress.js";
 
 // error `param` from the server -> the form field it is shown next to
 const FIELD_FOR_PARAM = {
@@ -22,13 +23,16 @@ export function clearErrors() {
   document.querySelectorAll("#gen-form .field-error").forEach((el) => { el.replaceChildren(); });
   document.querySelectorAll("#gen-form [aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
   $("form-note").textContent = "";
+  clearProgressError();
 }
 
-/** Clears one field's error as soon as the user edits that field. */
+/** Clears one field's error as soon as the user edits that field (and the progress line's word on it). */
 export function clearFieldError(field) {
   const el = $(field + "-error");
+  const had = (el && el.textContent) || $(field).getAttribute("aria-invalid");
   if (el) el.replaceChildren();
   $(field).removeAttribute("aria-invalid");
+  if (had) clearProgressError();
 }
 
 export const fieldFor = (param) => FIELD_FOR_PARAM[String(param || "").split(".").pop()] || null;

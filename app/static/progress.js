@@ -13,7 +13,8 @@ export class Tracker {
     if (j.status === "succeeded") j.step = j.total;
     this.render();
   }
-  render(final) {
+  // `final`: the attempt's last word; `error`: it is an error (cleared by the next attempt or a fix, messages.js)
+  render(final, error = false) {
     const bar = $("progress");
     const total = this.jobs.reduce((a, j) => a + j.total, 0);
     const done = this.jobs.reduce((a, j) => a + Math.min(j.step, j.total), 0);
@@ -21,7 +22,17 @@ export class Tracker {
     bar.value = done;
     const text = final || this.jobs.map((j, i) => (this.labels[i] ? this.labels[i] + ": " : "") + describe(j)).join(" · ");
     $("progress-text").textContent = text;
+    $("progress-text").dataset.state = error ? "error" : "";
   }
+}
+
+/** Back to "Ready" when the line still shows an earlier attempt's error (nothing else is touched). */
+export function clearProgressError() {
+  const line = $("progress-text");
+  if (line.dataset.state !== "error") return;
+  line.dataset.state = "";
+  line.replaceChildren("就绪 ", Object.assign(document.createElement("span"), { className: "en", textContent: "Ready" }));
+  $("progress").value = 0;
 }
 
 function describe(j) {

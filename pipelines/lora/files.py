@@ -19,6 +19,7 @@ import struct
 from pathlib import Path
 
 from pipelines.errors import AdapterCorrupt, AdapterMismatch, AdapterNotFound
+from pipelines.lora.bfl_names import FluxDims
 from pipelines.lora.weights import COMPONENT_LABELS, DIFFUSERS_WEIGHTS, LORA_KEY, PEFT_WEIGHTS, LoraWeights
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -47,8 +48,13 @@ def resolve_weights_file(path: str | Path) -> Path:
     )
 
 
-def read_lora(path: str | Path) -> LoraWeights:
-    """Read a LoRA folder or file in any supported format; raise a typed error naming the file otherwise."""
+def read_lora(path: str | Path, dims: FluxDims | None = None, strict: bool = True) -> LoraWeights:
+    """Read a LoRA folder or file in any supported format; raise a typed error naming the file otherwise.
+
+    ``dims``: the loaded model's split sizes (``FluxDims.from_shapes(linear_shapes(transformer))``), used to cut
+    layers written in BFL's fused form (kohya's ``qkv``, ``linear1``); None infers them from the file.
+    ``strict=False`` (``lora inspect``) returns a file it could not place entirely, listing the layers in
+    ``unplaced`` and the reasons in ``notes``, instead of refusing it."""
     from pipelines.lora.formats import convert
 
     weights = resolve_weights_file(path)
@@ -58,7 +64,7 @@ def read_lora(path: str | Path) -> LoraWeights:
     raw, header, digest, size = read_safetensors(weights)
     if not raw:
         raise AdapterCorrupt(f"LoRA {weights} holds no tensors", path=str(weights))
-    lora = convert(weights, raw, header)
+    lora = convert(weights, raw, header, dims=dims, strict=strict)
     lora.sha256, lora.size_bytes, lora.metadata = digest, size, dict(header)
     return lora
 
@@ -80,14 +86,17 @@ def read_safetensors(weights: Path) -> tuple[dict, dict, str, int]:
 
 
 def linear_shapes(model) -> dict[str, tuple[int, int]]:
-    """Module name -> (in_features, out_features) of every linear layer, seen through PEFT wrappers."""
+    """Module name -> (in_features, out_features) of every linear layer, seen through PEFT wrappers (several
+    deep when adapters of different kinds, LoRA and LoKr, wrap the same layer)."""
     import torch
 
     shapes: dict[str, tuple[int, int]] = {}
     for name, module in model.named_modules():
-        if name.endswith(".base_layer"):
+        if name.endswith(".base_layer") or ".base_layer." in name:
             continue
-        base = getattr(module, "base_layer", module)
+        base = module
+        while getattr(base, "base_layer", None) is not None:
+            base = base.base_layer
         if isinstance(base, torch.nn.Linear):
             shapes[name] = (base.in_features, base.out_features)
     return shapes
@@ -113,7 +122,7 @@ def check_fits(lora: LoraWeights, shapes: dict[str, dict[str, tuple[int, int]]] 
             continue
         in_f, out_f = layers[m.group("module")]
         which = m.group("which")
-        if which == "lora_magnitude_vector":
+        if which in ("lora_magnitude_vector", "lora_B.bias"):
             if tuple(tensor.shape) != (out_f,):
                 bad_shape.append(f"{key} {tuple(tensor.shape)} vs layer out_features {out_f}")
         elif tensor.ndim != 2:
@@ -122,12 +131,23 @@ def check_fits(lora: LoraWeights, shapes: dict[str, dict[str, tuple[int, int]]] 
             bad_shape.append(f"{key} {tuple(tensor.shape)} vs layer in_features {in_f}")
         elif which == "lora_B.weight" and tensor.shape[0] != out_f:
             bad_shape.append(f"{key} {tuple(tensor.shape)} vs layer out_features {out_f}")
+    for (component, module, param), recipe in lora.extra.items():
+        key = f"{component}.{module} ({recipe.kind} {param})"
+        layers = shapes.get(component)
+        if layers is None or module not in layers:
+            unmatched.append(key)
+            continue
+        in_f, out_f = layers[module]
+        want = (out_f, in_f) if param == "weight" else (out_f,)
+        if tuple(recipe.shape) != want:
+            bad_shape.append(f"{key} changes {tuple(recipe.shape)} vs layer {param} {want}")
     if not unmatched and not bad_shape:
         return
     parts = []
+    total = len(lora.state_dict) + len(lora.extra)
     if unmatched:
         where = " or ".join(f"the {COMPONENT_LABELS[c]}" for c in shapes) or "the model"
-        parts.append(f"{len(unmatched)} of {len(lora.state_dict)} tensors match no layer of {where} of the loaded "
+        parts.append(f"{len(unmatched)} of {total} tensors match no layer of {where} of the loaded "
                      f"FLUX model (e.g. {', '.join(unmatched[:3])})")
     if bad_shape:
         parts.append(f"{len(bad_shape)} tensors do not fit their layer's shape (e.g. {', '.join(bad_shape[:2])})")

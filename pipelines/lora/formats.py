@@ -9,10 +9,11 @@ What the trainers write (details in docs/lora-guide.en.md, "LoRAs from other tra
   ``transformer.<module>...`` and, with ``--train_text_encoder``, ``text_encoder.<module>...`` keys, plus the
   LoraConfig of each part in the ``lora_adapter_metadata`` header.
 - ai-toolkit (also Replicate's flux-fine-tuner and fal): diffusers naming, usually a ``config.yaml`` beside it.
-- kohya sd-scripts: ``lora_unet_double_blocks_N_*``/``lora_unet_single_blocks_N_*`` (+ ``lora_te1_*`` for
-  CLIP-L) with ``lora_down``/``lora_up``/``alpha``; diffusers' converter folds alpha/r into the weights, but
-  it drops keys it does not know with a log line and fails on some shapes with an empty AssertionError, so
-  :func:`diagnose_kohya` checks the file first and names what is wrong.
+- kohya sd-scripts (``lora_unet_double_blocks_N_*`` ... + ``lora_te1_*``), LyCORIS LoKr/LoHa (SimpleTuner's
+  ``lycoris_*``, sd-scripts' ``lycoris.kohya``), ComfyUI (``diffusion_model.*`` with ``diff``/``diff_b``) and
+  OneTrainer (COMFY, KOHYA, LEGACY ``lora_transformer_*``): read by our own reader (``layouts.py`` ->
+  ``foreign.py``), not by diffusers' converter, which drops what it does not know with a log line and
+  hard-codes FLUX.1-dev's widths.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 from pipelines.errors import AdapterCorrupt, AdapterMismatch
+from pipelines.lora.bfl_names import FluxDims
+from pipelines.lora.foreign import from_foreign
+from pipelines.lora.layouts import is_foreign_layout
 from pipelines.lora.weights import PEFT_CONFIG, LoraWeights
 
 logger = logging.getLogger(__name__)
@@ -33,36 +37,21 @@ _PEFT_PREFIX = "base_model.model."
 _PEFT_CONFIG_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora",
                      "use_dora", "lora_bias", "fan_in_fan_out", "exclude_modules")
 _SD_UNET_WORDS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block")
-#: kohya FLUX layer names diffusers' converter (0.42) knows, and the block counts it loops over
-_KOHYA_DOUBLE = {"img_attn_proj", "img_attn_qkv", "img_mlp_0", "img_mlp_2", "img_mod_lin", "txt_attn_proj",
-                 "txt_attn_qkv", "txt_mlp_0", "txt_mlp_2", "txt_mod_lin"}
-_KOHYA_SINGLE = {"linear1", "linear2", "modulation_lin"}
-_KOHYA_OTHER = {"guidance_in_in_layer", "guidance_in_out_layer", "img_in", "txt_in", "time_in_in_layer",
-                "time_in_out_layer", "vector_in_in_layer", "vector_in_out_layer", "final_layer_linear",
-                "final_layer_adaLN_modulation_1"}
-_KOHYA_DOUBLE_BLOCKS, _KOHYA_SINGLE_BLOCKS = 19, 38
-#: FLUX.1-dev's q, k, v, mlp widths that diffusers' converter splits ``single_blocks_N_linear1`` into
-_LINEAR1_DIMS = (3072, 3072, 3072, 12288)
-_KOHYA_NAME = re.compile(r"^lora_unet_(?:double_blocks_(?P<d>\d+)_(?P<dn>.+)|single_blocks_(?P<s>\d+)_(?P<sn>.+)|"
-                         r"(?P<o>.+))$")
 
 
-def convert(weights: Path, raw: dict, header: dict) -> LoraWeights:
-    """Any supported layout -> :class:`LoraWeights` in diffusers naming (see its docstring)."""
+def convert(weights: Path, raw: dict, header: dict, dims: FluxDims | None = None, strict: bool = True) -> LoraWeights:
+    """Any supported layout -> :class:`LoraWeights` in diffusers naming (see its docstring). ``dims``/``strict``:
+    see :func:`~pipelines.lora.files.read_lora` (they matter to the kohya/LyCORIS/ComfyUI/OneTrainer reader)."""
     if all(k.startswith(_PEFT_PREFIX) for k in raw):
         lora = _from_peft(weights, raw)
-    elif is_kohya(raw):
-        lora = _from_kohya(weights, raw)
+    elif is_foreign_layout(raw):
+        lora = from_foreign(weights, raw, header, dims, strict)
     else:
         lora = _from_diffusers_or_other(weights, raw, header)
     lora.trigger_words, lora.trigger_source = trigger_words(weights, header)
     if lora.format == "diffusers" and _ai_toolkit_config(weights) is not None:
         lora.format = "ai-toolkit"
     return lora
-
-
-def is_kohya(raw) -> bool:
-    return any(".lora_down.weight" in k or k.startswith(("lora_unet_", "lora_te")) for k in raw)
 
 
 def _from_peft(weights: Path, raw: dict) -> LoraWeights:
@@ -144,105 +133,6 @@ def _from_diffusers_or_other(weights: Path, raw: dict, header: dict) -> LoraWeig
         configs[component] = part or None
     return LoraWeights(path=weights, format=fmt, state_dict=sd, config=configs["transformer"],
                        text_encoder_config=configs["text_encoder"], network_alphas=alphas)
-
-
-def _from_kohya(weights: Path, raw: dict) -> LoraWeights:
-    problems = diagnose_kohya(raw)
-    if problems:
-        raise AdapterMismatch(f"LoRA {weights} (kohya layout): " + "; ".join(problems), path=str(weights))
-    sd, _ = _convert_with_diffusers(weights, raw, "kohya")
-    folded = _kohya_folded_scales(weights, raw)
-    alphas = sorted({float(v.item()) for k, v in raw.items() if k.endswith(".alpha")})
-    notes = [f"kohya layout: stored alpha {', '.join(f'{a:g}' for a in alphas)} (alpha/r folded into the weights "
-             "by diffusers' converter)"] if alphas else ["kohya layout: no alpha stored (alpha = rank, scale 1)"]
-    return LoraWeights(path=weights, format="kohya", state_dict=sd, folded_scales=folded, notes=notes)
-
-
-def _kohya_folded_scales(weights: Path, raw: dict) -> dict[str, float]:
-    """Which alpha/r diffusers' converter multiplies into each converted module, found by converting a probe
-    file of ones with the same names, shapes of the split dimension and alphas (exact, and it follows the
-    converter's own name mapping instead of copying it)."""
-    import torch
-
-    probe = {}
-    for key, value in raw.items():
-        if key.endswith(".lora_down.weight"):
-            probe[key] = torch.ones(value.shape[0], 1)
-        elif key.endswith(".lora_up.weight"):
-            probe[key] = torch.ones(value.shape[0], value.shape[1])
-        else:
-            probe[key] = value
-    sd, _ = _convert_with_diffusers(weights, probe, "kohya")
-    return {k.removesuffix(".lora_A.weight"): float(v[0, 0]) * float(sd[k.replace(".lora_A.", ".lora_B.")][0, 0])
-            for k, v in sd.items() if k.endswith(".lora_A.weight")}
-
-
-def diagnose_kohya(raw: dict) -> list[str]:
-    """What keeps a kohya file from loading into FLUX, in words; empty when diffusers' converter can take it."""
-    names: dict[str, set[str]] = {}
-    odd: list[str] = []
-    for key in raw:
-        name, _, part = key.partition(".")
-        if part in ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale"):
-            names.setdefault(name, set()).add(part)
-        else:
-            odd.append(key)
-    problems: list[str] = []
-    sd_blocks = sorted({n for n in names if any(w in n for w in _SD_UNET_WORDS)})
-    if sd_blocks:
-        problems.append(f"{len(sd_blocks)} layers have Stable Diffusion UNet block names (e.g. {sd_blocks[0]}: "
-                        "down_blocks/up_blocks/input_blocks...): it was made for a UNet model such as SD 1.5/SDXL, not FLUX "
-                        "(kohya FLUX LoRAs name lora_unet_double_blocks_N_*/single_blocks_N_*)")
-        return problems
-    if odd:
-        problems.append(f"{len(odd)} keys are not lora_down/lora_up/alpha tensors (e.g. {', '.join(sorted(odd)[:3])})")
-    dora = sorted(n for n, parts in names.items() if "dora_scale" in parts)
-    if dora:
-        problems.append(f"{len(dora)} layers are kohya DoRA (dora_scale, e.g. {dora[0]}); diffusers' converter "
-                        "would drop dora_scale and load a different adapter, so it is refused; save it from "
-                        "PEFT with use_dora=True instead")
-    unknown, shapes, te2 = [], [], []
-    for name, parts in sorted(names.items()):
-        if not {"lora_down.weight", "lora_up.weight"} <= parts:
-            shapes.append(f"{name} has {'lora_up' if 'lora_down.weight' in parts else 'lora_down'} missing")
-            continue
-        down, up = raw[f"{name}.lora_down.weight"], raw[f"{name}.lora_up.weight"]
-        if down.ndim != 2 or up.ndim != 2:
-            shapes.append(f"{name} is a convolution LoRA {tuple(down.shape)} (FLUX has linear layers only)")
-            continue
-        if down.shape[0] != up.shape[1]:
-            shapes.append(f"{name} lora_down rank {down.shape[0]} != lora_up rank {up.shape[1]}")
-        if name.startswith("lora_te2_"):
-            te2.append(name)
-            continue
-        if name.startswith(("lora_te1_", "lora_te_")):
-            continue
-        m = _KOHYA_NAME.match(name)
-        if m is None:
-            unknown.append(name)
-        elif m.group("d") is not None:
-            if m.group("dn") not in _KOHYA_DOUBLE or int(m.group("d")) >= _KOHYA_DOUBLE_BLOCKS:
-                unknown.append(name)
-            elif m.group("dn").endswith("qkv") and up.shape[0] % 3:
-                shapes.append(f"{name} lora_up has {up.shape[0]} rows, not divisible into q, k, v")
-        elif m.group("s") is not None:
-            if m.group("sn") not in _KOHYA_SINGLE or int(m.group("s")) >= _KOHYA_SINGLE_BLOCKS:
-                unknown.append(name)
-            elif m.group("sn") == "linear1" and up.shape[0] != sum(_LINEAR1_DIMS):
-                shapes.append(f"{name} lora_up has {up.shape[0]} rows; diffusers splits single_blocks linear1 into "
-                              f"FLUX.1's q, k, v, mlp = {'+'.join(map(str, _LINEAR1_DIMS))} = {sum(_LINEAR1_DIMS)} "
-                              "rows, so this file was made for a FLUX of another size")
-        elif m.group("o") not in _KOHYA_OTHER:
-            unknown.append(name)
-    if unknown:
-        problems.append(f"{len(unknown)} layers have names diffusers' FLUX converter does not know and would drop "
-                        f"(e.g. {', '.join(unknown[:3])})")
-    if te2:
-        problems.append(f"{len(te2)} layers are for a second text encoder (e.g. {te2[0]}); FLUX.1 LoRAs may train "
-                        "CLIP-L (lora_te1_) only")
-    if shapes:
-        problems.append(f"{len(shapes)} layers have impossible shapes ({'; '.join(shapes[:3])})")
-    return problems
 
 
 def _guess_format(raw: dict) -> str:

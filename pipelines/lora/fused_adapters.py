@@ -2,9 +2,13 @@
 
 Why: unfused PEFT layers cost about +12% per denoising step on an H100 (shared/ANCHORS.md) and wrap every
 targeted linear layer, which makes ``torch.compile`` slow to compile and recompile whenever a scale changes.
-Here no module is ever wrapped: on activation each touched weight becomes
+Here no module is ever wrapped: on activation each touched weight (or bias) becomes
 
-    W = cast(float32(W0) + sum_i s_i * scale_i * (B_i @ A_i))       (computed in float32, cast once)
+    W = cast(float32(W0) + sum_i s_i * delta_i)                     (computed in float32, cast once)
+
+where ``delta_i`` is LoRA ``i``'s recipe for that tensor (pipelines/lora/deltas.py: ``scale * B @ A``, a LoKr
+Kronecker or LoHa Hadamard product, a stored ``diff``/bias delta; DoRA rescales the rows of what is merged
+before it to the trained magnitude, with the row norms taken on ``W0``, as PEFT does at that strength),
 
 and a weight that no active LoRA touches is put back by a plain copy of its backup ``W0``. So
 
@@ -24,23 +28,22 @@ typical attention + feed-forward LoRA on FLUX.1-dev). ``FLUX_FUSED_BACKUP`` says
   host memory, decided per weight as LoRAs are loaded. On a CPU-only machine both are plain host memory.
 
 Text-encoder LoRA tensors (``text_encoder.<module>.lora_A/B.weight``) are fused the same way into the pipeline's
-``text_encoder``. DoRA adapters and LoRA biases are refused here (fusing DoRA exactly needs the column norms
-of every merged weight); use ``FLUX_ADAPTERS=peft`` for them.
+``text_encoder``. Every recipe kind is fused exactly, DoRA included (its norms are computed at switch time
+from the backup), so this strategy accepts every file the readers accept.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from pipelines.errors import AdapterError, AdapterMismatch
+from pipelines.lora.deltas import Dora, merge_terms
 from pipelines.lora.files import check_fits, linear_shapes
-from pipelines.lora.weights import LoraWeights
+from pipelines.lora.weights import COMPONENTS, LoraWeights
 
 logger = logging.getLogger(__name__)
 
-_KEY = re.compile(r"^(?P<comp>transformer|text_encoder|text_encoder_2)\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
 #: auto backup: keep a backup on the GPU only while this share of its memory stays free afterwards
 _DEVICE_RESERVE_FRACTION = 0.25
 
@@ -50,9 +53,12 @@ Target = tuple[tuple[str, float], ...]
 @dataclass
 class _Delta:
     key: tuple[str, str]  # (component, module name)
-    a: object  # torch.Tensor (r, in), float32, on the weight's device
-    b: object  # torch.Tensor (out, r), float32, on the weight's device
-    scale: float  # the LoRA's own scale at strength 1.0 (alpha / r ...)
+    param: str  # "weight" | "bias"
+    recipe: object  # pipelines.lora.deltas.Recipe at strength 1.0, float32, on the tensor's device
+
+    @property
+    def slot(self) -> tuple[str, str, str]:
+        return (*self.key, self.param)
 
 
 class FusedAdapters:
@@ -100,41 +106,25 @@ class FusedAdapters:
 
         if name in self._deltas:
             raise AdapterError(f"adapter name {name!r} is already loaded", path=str(lora.path))
-        cfg = lora.config or {}
-        if cfg.get("use_dora") or any("lora_magnitude_vector" in k for k in lora.state_dict):
-            raise AdapterMismatch(f"LoRA {lora.path} is a DoRA adapter; the fused strategy does not fuse DoRA "
-                                  "(its magnitude needs the norm of every merged weight). Start the service with "
-                                  "FLUX_ADAPTERS=peft to use it", path=str(lora.path))
-        bias = [k for k in lora.state_dict if k.endswith(".lora_B.bias")]
-        if bias:
-            raise AdapterMismatch(f"LoRA {lora.path} carries LoRA biases ({bias[0]}, ...), which the fused strategy "
-                                  "does not merge; start the service with FLUX_ADAPTERS=peft", path=str(lora.path))
-        if all(k.startswith("transformer.") for k in lora.state_dict):
-            check_fits(lora, linear_shapes(self._pipe.transformer))  # the same messages as the PEFT strategy
-        pairs = self._pairs(lora)
-        factors = lora.scale_factors()  # the very numbers PEFT's layers hold as ``scaling`` (lora_files.py)
+        check_fits(lora, {c: linear_shapes(getattr(self._pipe, c)) for c in COMPONENTS  # as the peft strategy
+                          if getattr(self._pipe, c, None) is not None})
         deltas: list[_Delta] = []
-        new_backups: list[tuple[str, str]] = []
+        new_backups: list[tuple[str, str, str]] = []
         try:
             with torch.no_grad():
-                for key, (a, b) in pairs.items():
-                    weight = self._weight(key, lora)
-                    if a.shape[0] != b.shape[1]:
-                        raise AdapterMismatch(f"LoRA {lora.path}: {key[0]}.{key[1]} has lora_A rank {a.shape[0]} "
-                                              f"but lora_B rank {b.shape[1]}", path=str(lora.path))
-                    if key not in self._backup:
-                        self._backup[key] = self._make_backup(weight)
-                        self._weights[key] = weight
-                        new_backups.append(key)
-                    dev = weight.device
-                    deltas.append(_Delta(key=key, a=a.to(dev, torch.float32).contiguous(),
-                                         b=b.to(dev, torch.float32).contiguous(),
-                                         scale=factors[f"{key[0]}.{key[1]}"]))
+                for (comp, module, param), recipe in lora.recipes().items():
+                    tensor = self._tensor(comp, module, param, lora)
+                    slot = (comp, module, param)
+                    if slot not in self._backup:
+                        self._backup[slot] = self._make_backup(tensor)
+                        self._weights[slot] = tensor
+                        new_backups.append(slot)
+                    deltas.append(_Delta(key=(comp, module), param=param, recipe=recipe.to(tensor.device)))
         except BaseException:
-            for key in new_backups:  # leave no half-loaded state behind
-                if key not in self._dirty:
-                    self._backup.pop(key, None)
-                    self._weights.pop(key, None)
+            for slot in new_backups:  # leave no half-loaded state behind
+                if slot not in self._dirty:
+                    self._backup.pop(slot, None)
+                    self._weights.pop(slot, None)
             raise
         self._deltas[name] = deltas
 
@@ -147,42 +137,21 @@ class FusedAdapters:
         if any(n == name for n, _ in self._active):
             self.activate_set([(n, s) for n, s in self._active if n != name])
         del self._deltas[name]
-        still_needed = {d.key for deltas in self._deltas.values() for d in deltas}
+        still_needed = {d.slot for deltas in self._deltas.values() for d in deltas}
         for key in list(self._backup):
             if key not in still_needed and key not in self._dirty:
                 del self._backup[key], self._weights[key]
 
-    def _pairs(self, lora: LoraWeights) -> dict[tuple[str, str], tuple]:
-        found: dict[tuple[str, str], dict] = {}
-        unmatched = []
-        for k, tensor in lora.state_dict.items():
-            m = _KEY.match(k)
-            if not m:
-                unmatched.append(k)
-                continue
-            found.setdefault((m.group("comp"), m.group("module")), {})[m.group("which")] = tensor
-        half = [f"{c}.{mod}" for (c, mod), ab in found.items() if len(ab) != 2]
-        if unmatched or half:
-            what = (f"{len(unmatched)} tensors are not LoRA A/B weights (e.g. {', '.join(unmatched[:3])})"
-                    if unmatched else f"{len(half)} layers have only one of lora_A/lora_B (e.g. {half[0]})")
-            raise AdapterMismatch(f"LoRA {lora.path}: {what}", path=str(lora.path))
-        return {key: (ab["A"], ab["B"]) for key, ab in found.items()}
-
-    def _weight(self, key: tuple[str, str], lora: LoraWeights):
+    def _tensor(self, comp: str, module_name: str, param: str, lora: LoraWeights):
         import torch
 
-        comp, module_name = key
         component = getattr(self._pipe, comp, None)
         module = dict(component.named_modules()).get(module_name) if component is not None else None
-        if not isinstance(module, torch.nn.Linear):
-            raise AdapterMismatch(f"LoRA {lora.path}: {comp}.{module_name} is not a linear layer of the loaded "
-                                  "model (it was probably made for another base model)", path=str(lora.path))
-        a, b = (lora.state_dict[f"{comp}.{module_name}.lora_{w}.weight"] for w in "AB")
-        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != module.in_features or b.shape[0] != module.out_features:
-            raise AdapterMismatch(f"LoRA {lora.path}: {comp}.{module_name} A{tuple(a.shape)} B{tuple(b.shape)} does "
-                                  f"not fit the layer ({module.in_features} -> {module.out_features})",
-                                  path=str(lora.path))
-        return module.weight
+        tensor = getattr(module, param, None) if isinstance(module, torch.nn.Linear) else None
+        if tensor is None:
+            raise AdapterMismatch(f"LoRA {lora.path}: {comp}.{module_name} has no {param} the file could change (not a "
+                                  "linear layer of the loaded model, or one without a bias)", path=str(lora.path))
+        return tensor
 
     def _make_backup(self, weight):
         import torch
@@ -223,18 +192,18 @@ class FusedAdapters:
     def _apply(self, target: Target) -> None:
         import torch
 
-        wanted: dict[tuple[str, str], list[tuple[_Delta, float]]] = {}
-        for name, strength in target:
+        wanted: dict[tuple[str, str, str], list[tuple[object, float]]] = {}
+        for name, strength in target:  # in the active set's order: DoRA rescales what comes before it
             for d in self._deltas[name]:
-                wanted.setdefault(d.key, []).append((d, strength * d.scale))
+                wanted.setdefault(d.slot, []).append((d.recipe, strength))
         with torch.no_grad():
             for key in self._dirty - set(wanted):
                 self._weights[key].copy_(self._backup[key], non_blocking=True)
             for key, terms in wanted.items():
                 weight = self._weights[key]
                 merged = self._backup[key].to(device=weight.device, dtype=torch.float32, copy=True)
-                for d, s in terms:
-                    merged.addmm_(d.b, d.a, alpha=s)
+                base = merged.clone() if any(isinstance(r, Dora) for r, _ in terms) else None
+                merge_terms(merged, base, terms)
                 weight.copy_(merged)  # the one cast to the model's dtype
         self._dirty = set(wanted)
 

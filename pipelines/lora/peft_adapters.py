@@ -2,6 +2,9 @@
 
 Why keep it beside the fused default: it is diffusers' own path (``load_lora_adapter`` + ``set_adapters``),
 exact and simple, the reference the fused strategy is tested against, and what ``FLUX_ADAPTERS=peft`` serves.
+LyCORIS LoKr/LoHa files go into PEFT's own LoKr/LoHa layers (``peft_lycoris.py``); what PEFT has no layer for
+(a full weight ``diff``, a LoKr cut across its Kronecker blocks, kinds mixed in one file) is refused with the
+reason and the way out: the fused default applies every recipe exactly.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import logging
 
 from pipelines.errors import AdapterError, AdapterMismatch
 from pipelines.lora.files import check_fits, linear_shapes
+from pipelines.lora.peft_lycoris import WAY_OUT, NotForPeft, adapter_layer, load_into_peft, peft_refusal
 from pipelines.lora.weights import COMPONENTS, LoraWeights
 
 logger = logging.getLogger(__name__)
@@ -45,21 +49,30 @@ class PeftAdapters:
             raise AdapterError(f"adapter name {name!r} is already loaded", path=str(lora.path))
         components = lora.components
         check_fits(lora, {c: linear_shapes(getattr(self._pipe, c)) for c in COMPONENTS})
+        reason = peft_refusal(lora)
+        if reason:
+            raise AdapterMismatch(f"LoRA {lora.path}: FLUX_ADAPTERS=peft cannot load it into PEFT's layers: {reason}; "
+                                  f"{WAY_OUT}", path=str(lora.path))
         try:
-            if "transformer" in components:
+            if lora.extra:
+                load_into_peft(self._pipe.transformer, name, {m: r for (_, m, _), r in lora.extra.items()})
+            elif "transformer" in components:
                 kwargs: dict = {"adapter_name": name, "prefix": "transformer", "_pipeline": self._pipe}
                 if lora.config:
                     kwargs["metadata"] = {f"transformer.{k}": v for k, v in lora.config.items()}
                 elif lora.network_alphas:
                     kwargs["network_alphas"] = lora.network_alphas
-                self._pipe.transformer.load_lora_adapter(
-                    {k: v for k, v in lora.state_dict.items() if k.startswith("transformer.")}, **kwargs)
+                self._pipe.transformer.load_lora_adapter(self._with_bias_carriers(lora, "transformer"), **kwargs)
             if "text_encoder" in components:
                 self._load_text_encoder(name, lora)
             self._verify_loaded(name, lora)
         except AdapterError:
             self._discard(name)
             raise
+        except NotForPeft as exc:
+            self._discard(name)
+            raise AdapterMismatch(f"LoRA {lora.path}: FLUX_ADAPTERS=peft cannot load it into PEFT's layers: {exc}; "
+                                  f"{WAY_OUT}", path=str(lora.path)) from None
         except Exception as exc:  # PEFT raises RuntimeError/ValueError on size or config problems
             self._discard(name)
             raise AdapterMismatch(f"LoRA {lora.path} could not be attached: {type(exc).__name__}: {exc}",
@@ -77,9 +90,25 @@ class PeftAdapters:
                     if lora.text_encoder_config else None)
         alphas = None if metadata else lora.network_alphas
         FluxPipeline.load_lora_into_text_encoder(
-            {f"text_encoder.{k}": v for k, v in lora.component_state_dict("text_encoder").items()},
+            self._with_bias_carriers(lora, "text_encoder"),
             network_alphas=alphas, text_encoder=self._pipe.text_encoder, prefix="text_encoder",
             adapter_name=name, _pipeline=self._pipe, metadata=metadata)
+
+    def _with_bias_carriers(self, lora: LoraWeights, component: str) -> dict:
+        """``component``'s part of the state dict; a layer whose bias alone changes (ComfyUI ``diff_b``) gets zero
+        rank-1 factors, so a PEFT LoRA layer (``lora_bias``) carries the bias and adds exactly nothing else."""
+        import torch
+
+        prefix = component + "."
+        sd = {k: v for k, v in lora.state_dict.items() if k.startswith(prefix)}
+        shapes = None
+        for key in [k for k in sd if k.endswith(".lora_B.bias")]:
+            stem = key.removesuffix(".lora_B.bias")
+            if f"{stem}.lora_B.weight" not in sd:
+                shapes = shapes or linear_shapes(getattr(self._pipe, component))
+                in_f, out_f = shapes[stem[len(prefix):]]
+                sd[f"{stem}.lora_A.weight"], sd[f"{stem}.lora_B.weight"] = torch.zeros(1, in_f), torch.zeros(out_f, 1)
+        return sd
 
     def activate(self, name: str | None, scale: float) -> None:
         self.activate_set([] if name is None else [(name, scale)])
@@ -130,14 +159,15 @@ class PeftAdapters:
         for key, tensor in lora.state_dict.items():
             component, rest = key.split(".", 1)
             module_name, which = rest.rsplit(".lora_", 1)
-            layer = modules[component].get(module_name)
-            attr = {"A.weight": "lora_A", "B.weight": "lora_B", "magnitude_vector": "lora_magnitude_vector"}[which]
-            store = getattr(layer, attr, None)
-            if store is None or name not in store:
+            attr = {"A.weight": "lora_A", "B.weight": "lora_B", "B.bias": "lora_B",
+                    "magnitude_vector": "lora_magnitude_vector"}[which]
+            layer = adapter_layer(modules[component].get(module_name), name, attr)
+            if layer is None:
                 missing.append(key)
                 continue
-            loaded = store[name].weight
-            if loaded.shape != tensor.shape or not torch.equal(loaded.detach().cpu(), tensor.to(loaded.dtype)):
+            loaded = getattr(layer, attr)[name].bias if which == "B.bias" else getattr(layer, attr)[name].weight
+            if (loaded is None or loaded.shape != tensor.shape
+                    or not torch.equal(loaded.detach().cpu(), tensor.to(loaded.dtype))):
                 missing.append(key)
             elif attr == "lora_A" and layer.scaling.get(name) != expected.get(f"{component}.{module_name}"):
                 wrong_scale.append(f"{component}.{module_name}: {layer.scaling.get(name)} vs "

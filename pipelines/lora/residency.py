@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipelines.errors import AdapterError, ConfigError
+from pipelines.lora.bfl_names import FluxDims
 from pipelines.lora.files import read_lora, resolve_weights_file
 from pipelines.lora.paths import display_path, locate_lora, task_lora_path
 from pipelines.lora.strategy import AdapterStrategy
@@ -38,6 +39,8 @@ class ResidentAdapter:
     trigger_words: tuple[str, ...] = ()  # what the LoRA file ships with (kohya ss_*, config.yaml)
     alpha: float | None = None
     modules: tuple[str, ...] = ()  # the layers it adapts, e.g. transformer_blocks.0.attn.to_q
+    #: what every result using this file says (e.g. its kohya .alpha and diffusers header disagreed)
+    warnings: tuple[str, ...] = ()
 
     @property
     def short_hash(self) -> str:
@@ -49,8 +52,11 @@ class LoraResidency:
     """Resident adapters by file, registered names (``[loras.NAME]``, a task's path shorthand), task -> first
     adapter (fixed at start-up, so a request never touches the LoRA files again), and per-name warnings."""
 
-    def __init__(self, adapters: AdapterStrategy, settings, tasks: TaskTable, demo_root: Path | None) -> None:
+    def __init__(self, adapters: AdapterStrategy, settings, tasks: TaskTable, demo_root: Path | None,
+                 dims: FluxDims | None = None) -> None:
         self.adapters = adapters
+        #: the loaded transformer's split sizes, for files written with BFL's fused layers (kohya qkv, linear1)
+        self.dims = dims
         self.settings = settings
         self.tasks = tasks
         #: the demo model's folder (where its own LoRA lives); None on a real model
@@ -137,7 +143,7 @@ class LoraResidency:
         weights = resolve_weights_file(path).resolve()
         if weights in self.resident:
             return self.resident[weights]
-        lora = read_lora(weights)
+        lora = read_lora(weights, dims=self.dims)
         base = name or (weights.parent.name if weights.name in ("pytorch_lora_weights.safetensors",
                                                                 "adapter_model.safetensors") else weights.stem)
         name, n = base, 2
@@ -150,8 +156,10 @@ class LoraResidency:
                                   label=self.label(weights), sha256=lora.sha256,
                                   scales=lora.scale_summary(), components=tuple(lora.components),
                                   dora=lora.is_dora, trigger_words=tuple(lora.trigger_words), alpha=lora.alpha,
-                                  modules=tuple(lora.modules))
+                                  modules=tuple(lora.modules), warnings=tuple(lora.warnings))
         self.resident[weights] = adapter
+        for text in lora.warnings:
+            logger.warning("%s", text)
         logger.info("LoRA loaded: %s [sha256 %s] as adapter %r (%s layout%s, %s, rank %d, scale at strength 1: %s, "
                     "%d tensors, %.2fs)", adapter.label, adapter.short_hash, name, lora.format,
                     ", DoRA" if lora.is_dora else "", " + ".join(adapter.components), lora.rank,

@@ -18,9 +18,9 @@ PEFT_CONFIG = "adapter_config.json"
 #: components a FLUX LoRA may touch, as diffusers names them (the pipeline attribute and the key prefix)
 COMPONENTS = ("transformer", "text_encoder")
 COMPONENT_LABELS = {"transformer": "transformer", "text_encoder": "CLIP text encoder"}
-#: <component>.<module>.lora_A.weight | lora_B.weight | lora_magnitude_vector (DoRA)
+#: <component>.<module>.lora_A.weight | lora_B.weight | lora_B.bias | lora_magnitude_vector (DoRA)
 LORA_KEY = re.compile(r"^(?P<component>transformer|text_encoder)\.(?P<module>.+)"
-                       r"\.(?P<which>lora_A\.weight|lora_B\.weight|lora_magnitude_vector)$")
+                       r"\.(?P<which>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector)$")
 #: numbers that count blocks/layers (``transformer_blocks.3.``) as opposed to those inside a layer's own
 #: name (``ff.net.0.proj``, ``to_out.0``): only the former are folded into ``*`` when modules are grouped
 _BLOCK_INDEX = re.compile(r"((?:^|\.)(?:transformer_blocks|single_transformer_blocks|layers))\.\d+(?=\.)")
@@ -43,6 +43,13 @@ class LoraWeights:
       module names as in ``pipe.text_encoder.named_modules()``, e.g. ``encoder.layers.0.self_attn.q_proj``)
     - ``<component>.<module>.lora_magnitude_vector`` ``(out_features,)``: DoRA's magnitude (PEFT
       ``use_dora=True``); with DoRA the update is not ``B @ A`` alone, see PEFT's ``DoraLinearLayer``.
+    - ``<component>.<module>.lora_B.bias`` ``(out_features,)``: a bias change, scaled like the module's
+      ``B @ A`` (PEFT ``lora_bias``; ComfyUI's ``diff_b``). It may stand alone (a layer whose bias alone
+      changed): the peft strategy then gives that layer zero rank-1 factors to carry it.
+
+    Changes that are not LoRA/DoRA (LyCORIS LoKr/LoHa, ComfyUI's full ``diff``) are in :attr:`extra`, one
+    recipe (pipelines/lora/deltas.py) per model tensor; :meth:`recipes` is every change of the file in that
+    one form, which the fused strategy applies and ``lora inspect`` describes.
 
     The contribution of one module at strength ``s`` is ``s * scale_factors()[key] * (B @ A)`` (plain LoRA),
     where ``key`` is ``<component>.<module>``. Scale factors follow PEFT: ``lora_alpha / r``, or
@@ -65,15 +72,29 @@ class LoraWeights:
     folded_scales: dict[str, float] = field(default_factory=dict)
     trigger_words: list[str] = field(default_factory=list)  # what the trainer recorded (kohya ss_*, config.yaml)
     trigger_source: str = ""  # where the trigger words were found
+    #: (component, module, "weight" | "bias") -> recipe, for changes that are not LoRA A/B (see the docstring)
+    extra: dict = field(default_factory=dict)
+    tool: str = ""  # the tool family that wrote the file, in words
+    kinds: dict[str, int] = field(default_factory=dict)  # LoRA / LoKr / LoHa / full / bias -> layers in the file
+    warnings: list[str] = field(default_factory=list)  # said with every result that uses this file
+    unplaced: list[str] = field(default_factory=list)  # layers of the file no model module was found for
+    #: why a strict read refuses this file (only ever non-empty from ``read_lora(..., strict=False)``)
+    unloadable: list[str] = field(default_factory=list)
+    stored_alphas: dict[str, float] = field(default_factory=dict)  # file layer -> its ``.alpha`` (kohya-style)
 
     @property
     def short_hash(self) -> str:
         """sha256 of the file, first 12 hex digits: printed by ``lora inspect`` and carried by every result."""
         return self.sha256[:12]
 
-    def modules_of(self, component: str) -> list[str]:
+    def lora_modules_of(self, component: str) -> list[str]:
+        """Modules with LoRA tensors (``state_dict``) in ``component``."""
         return sorted({m.group("module") for k in self.state_dict
                        if (m := LORA_KEY.match(k)) and m.group("component") == component})
+
+    def modules_of(self, component: str) -> list[str]:
+        """Every module this file changes in ``component`` (LoRA tensors and :attr:`extra` recipes)."""
+        return sorted(set(self.lora_modules_of(component)) | {m for c, m, _ in self.extra if c == component})
 
     @property
     def modules(self) -> list[str]:
@@ -83,7 +104,7 @@ class LoraWeights:
     @property
     def components(self) -> list[str]:
         present = {m.group("component") for k in self.state_dict if (m := LORA_KEY.match(k))}
-        return [c for c in COMPONENTS if c in present]
+        return [c for c in COMPONENTS if c in present | {c for c, _, _ in self.extra}]
 
     def component_state_dict(self, component: str) -> dict:
         """The part of ``state_dict`` for one component, keys without the component prefix."""
@@ -98,9 +119,13 @@ class LoraWeights:
         return any(k.endswith(".lora_magnitude_vector") for k in self.state_dict)
 
     def ranks(self) -> dict[str, int]:
-        """``<component>.<module>`` -> r (rows of lora_A)."""
-        return {k.removesuffix(".lora_A.weight"): v.shape[0] for k, v in self.state_dict.items()
-                if k.endswith(".lora_A.weight") and getattr(v, "ndim", 0) == 2}
+        """``<component>.<module>`` -> r (rows of lora_A; a LoHa's or low-rank LoKr factor's rank)."""
+        out = {k.removesuffix(".lora_A.weight"): v.shape[0] for k, v in self.state_dict.items()
+               if k.endswith(".lora_A.weight") and getattr(v, "ndim", 0) == 2}
+        for (component, module, param), recipe in self.extra.items():
+            if param == "weight" and getattr(recipe, "rank", None):
+                out[f"{component}.{module}"] = recipe.rank
+        return out
 
     @property
     def rank(self) -> int:
@@ -114,6 +139,8 @@ class LoraWeights:
             return float(self.config["lora_alpha"])
         if self.network_alphas:
             return float(next(iter(self.network_alphas.values())))
+        if self.stored_alphas:
+            return float(next(iter(self.stored_alphas.values())))
         return None
 
     def lora_config(self, component: str):
@@ -152,7 +179,9 @@ class LoraWeights:
         out: dict[str, float] = {}
         for component in self.components:
             cfg = self.lora_config(component)
-            for module in self.modules_of(component):
+            if cfg is None:  # recipes only (extra) in this component: no PEFT LoRA layers
+                continue
+            for module in self.lora_modules_of(component):
                 r_key = get_pattern_key(cfg.rank_pattern.keys(), module)
                 a_key = get_pattern_key(cfg.alpha_pattern.keys(), module)
                 r = cfg.rank_pattern.get(r_key, cfg.r)
@@ -161,8 +190,36 @@ class LoraWeights:
         return out
 
     def effective_scales(self) -> dict[str, float]:
-        """What strength 1.0 really multiplies each module's trained ``B @ A`` by (scale factor x folded alpha/r)."""
-        return {k: v * self.folded_scales.get(k, 1.0) for k, v in self.scale_factors().items()}
+        """What strength 1.0 really multiplies each module's trained change by: scale factor x folded alpha/r for
+        LoRA A/B (a module with a bias change only has none), a recipe's own scale for :attr:`extra`."""
+        out = {k: v * self.folded_scales.get(k, 1.0) for k, v in self.scale_factors().items()
+               if f"{k}.lora_A.weight" in self.state_dict}
+        out.update({f"{c}.{m}": r.effective_scale() for (c, m, p), r in self.extra.items() if p == "weight"})
+        return out
+
+    def recipes(self) -> dict:
+        """Every change of this file in one form: (component, module, "weight" | "bias") -> recipe. LoRA A/B
+        as ``LowRank`` with :meth:`scale_factors` (with a magnitude: ``Dora``), ``lora_B.bias`` as ``Full`` with
+        the same scale (PEFT scales a LoRA's bias like its ``B @ A``), and :attr:`extra` as they are."""
+        from pipelines.lora.deltas import Dora, Full, LowRank
+
+        factors = self.scale_factors()
+        out: dict = {}
+        for key, tensor in self.state_dict.items():
+            m = LORA_KEY.match(key)
+            if m is None:
+                continue
+            component, module, which = m.group("component", "module", "which")
+            scale, prefix = factors.get(f"{component}.{module}", 1.0), f"{component}.{module}"
+            if which == "lora_A.weight":
+                recipe = LowRank(up=self.state_dict[f"{prefix}.lora_B.weight"], down=tensor, scale=scale)
+                magnitude = self.state_dict.get(f"{prefix}.lora_magnitude_vector")
+                out[(component, module, "weight")] = (recipe if magnitude is None else
+                                                      Dora(lora=recipe, magnitude=magnitude))
+            elif which == "lora_B.bias":
+                out[(component, module, "bias")] = Full(diff=tensor, scale=scale)
+        out.update(self.extra)
+        return out
 
     def scale_summary(self) -> dict[str, float]:
         """Effective scale per module group (block numbers folded into ``*``); ``{"all": x}`` when uniform."""

@@ -8,6 +8,8 @@ per ``job_ttl_s`` / ``max_jobs_kept`` / ``max_jobs_bytes``.
 Events (``GET /api/jobs/{id}/events``, ``text/event-stream``): ``queued`` {position} (1 = next),
 ``running`` {step, total}, ``progress`` {step, total}, then exactly one of ``succeeded`` / ``failed`` /
 ``cancelled`` (data: the job) and the stream ends. A reader that connects late first gets the current state.
+A job that starts over (under Ray: retried after its replica died) sends ``queued`` again, then a new
+``running`` and ``progress`` from step 1.
 When the service shuts down before the job ended, the stream ends with ``shutdown`` instead (data: the job,
 ``status`` queued, and a ``message``): the job is kept and runs after the next start; reconnect then.
 """
@@ -22,12 +24,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.errors import Conflict
 from app.http.deps import jobs_of, worker_of
+from app.http.event_schema import JOB_EVENTS, event_stream_response
 from app.http.job_schema import Job as JobSchema
 from app.http.openapi import error_responses, png_response, request_body
 from app.http.routes.generate import HEADER_DOCS, RESULT_HEADERS, result_headers
 from app.http.submission import submit
 from app.jobs import StoredJob
 from app.jobs.job import TERMINAL, Job
+from app.jobs.remote import RemoteJob
 from pipelines.errors import Cancelled
 
 router = APIRouter()
@@ -37,6 +41,10 @@ _NOT_FOUND = error_responses(404)
 _STORAGE = error_responses(503)
 _JOB = {"model": JobSchema, "description": "The job."}
 KEEPALIVE_S = 15.0
+#: where a new job's id leads (OpenAPI links: generated clients and schemathesis' stateful tests follow them)
+_JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+              for name, op in (("GetJob", "get_job"), ("JobEvents", "job_events"), ("JobImage", "get_job_image"),
+                               ("CancelJob", "cancel_job"))}
 PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, image} while the job runs: a small "
                "JPEG data URL (longest side <= 160 px) of the latents every few steps (app/jobs/previews.py); "
                "without it none is computed")
@@ -46,7 +54,8 @@ PREVIEW_DOC = ("true: also send `preview` events {step, total, width, height, im
              response_model=None,
              responses={202: {**_JOB, "description": "Queued; poll it or follow /api/jobs/{id}/events.",
                               "headers": {"Location": {"description": "The job's URL.", "required": True,
-                                                       "schema": {"type": "string"}}}},
+                                                       "schema": {"type": "string"}}},
+                              "links": _JOB_LINKS},
                         **error_responses(413, 422, 500, 503)})
 async def create_job(request: Request) -> JSONResponse:
     job = await submit(request, "job")  # the worker recorded it in the job store before queueing it
@@ -54,8 +63,8 @@ async def create_job(request: Request) -> JSONResponse:
 
 
 async def find_job(request: Request, job_id: str) -> Job | StoredJob:
-    """A queued or running job from memory; a finished one from the database, read in a thread (the database may
-    wait for another process's lock; the event loop must not)."""
+    """A job this process runs, from memory; any other (finished, or held by another process: ``RemoteJob``) from
+    the database, read in a thread (the database may wait for another process's lock; the event loop must not)."""
     store = jobs_of(request)
     return store.live(job_id) or await asyncio.to_thread(store.get, job_id)
 
@@ -84,7 +93,11 @@ async def get_job_image(job_id: str, request: Request) -> Response:
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Queued: removed from the queue. Running: stopped at the next denoising step. Finished: unchanged."""
     job = await find_job(request, job_id)
-    worker_of(request).cancel(job, Cancelled("cancelled by the client (DELETE)"))
+    reason = Cancelled("cancelled by the client (DELETE)")
+    if isinstance(job, RemoteJob):  # held by another process: passed on through the database, from a thread
+        await asyncio.to_thread(worker_of(request).cancel, job, reason)
+    else:
+        worker_of(request).cancel(job, reason)
     if not job.done:
         await job.wait_done(timeout=10.0)
     return job.to_dict()
@@ -147,7 +160,9 @@ async def _events(job: Job | StoredJob, previews: bool):
                     continue
                 last_step = data["step"]
             elif name == "queued":
-                if data["position"] == last_position:
+                if last_step >= 0:  # queued again after it ran: a retry (its Ray replica died) starts from step 1
+                    last_step, last_preview = -1, -1
+                elif data["position"] == last_position:
                     continue
                 last_position = data["position"]
             elif name == "running" and last_step >= 0:
@@ -163,10 +178,10 @@ async def _events(job: Job | StoredJob, previews: bool):
 
 
 @router.get("/api/jobs/{job_id}/events", summary="Follow a job as server-sent events",
-            responses={200: {"description": "`queued`, `running`, `progress` (and with `preview=true`, `preview`) "
-                                            "events, then one of `succeeded`, `failed`, `cancelled` (data: the job); "
-                                            "see the module docs.",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            responses={200: event_stream_response(
+                "`queued`, `running`, `progress` (and with `preview=true`, `preview`) events, then one of "
+                "`succeeded`, `failed`, `cancelled` (data: the job), or `shutdown`; the schema is one event.",
+                JOB_EVENTS),
                        **error_responses(404, 422), **_STORAGE},  # 422: `preview` that is not a boolean
             response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request,

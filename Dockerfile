@@ -23,10 +23,12 @@ WORKDIR /app
 # the base image's CUDA torch satisfies `torch>=2.4`, so pip keeps it and adds the rest
 COPY pyproject.toml README.md model_manager.py ./
 COPY pipelines ./pipelines
+COPY training ./training
 COPY app ./app
+COPY cli ./cli
 RUN pip install . && flux-service --help > /dev/null
 
-COPY models/tasks.toml ./models/tasks.toml
+COPY models/tasks.toml models/glossary.toml ./models/
 RUN chown -R flux:flux /app/models
 
 USER flux

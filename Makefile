@@ -27,7 +27,9 @@ serve: $(VENV)/.installed          ## start the service on http://127.0.0.1:8000
 serve-ray: $(VENV)/.installed      ## the same service through Ray Serve, REPLICAS engine replicas (docs/deploy.md)
 	$(VENV)/bin/flux-service serve --ray --replicas $(or $(REPLICAS),2)
 
-test: $(VENV)/.installed browser   ## run the whole test suite
+test: $(VENV)/.installed browser   ## lint (ruff, import layers), then run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed          ## run the benchmarks (see docs/benchmarks.md)

@@ -98,7 +98,7 @@ class ModelManager:
         """``loras``: {name: scale}, [(name, scale)] or [{"name", "scale"}] of LoRAs registered in the task table.
         ``translate``: "auto" (default), "glossary" or "off": what happens to a Chinese prompt before the
         text encoders read it (see docs/lora-guide.en.md); the result's info says what was sent."""
-        from pipelines.lora_registry import normalise_request_loras
+        from pipelines.lora.registry import normalise_request_loras
 
         req = GenerationRequest(prompt=prompt, task=task, lora_alpha=lora_alpha, width=width, height=height,
                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,

@@ -69,7 +69,7 @@ class Unauthorized(FluxServiceError):
 
 
 class Forbidden(FluxServiceError):
-    """A browser request from a web origin the service does not allow (``app/origin_guard.py``)."""
+    """A browser request from a web origin the service does not allow (``app/http/origin_guard.py``)."""
 
     type = "forbidden_origin"
 

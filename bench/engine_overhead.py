@@ -26,19 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench.stats import rss_mib  # noqa: E402 - after the path insert
+
 PROMPT = "a portrait photo of a science host"
 TARGETS = {"a": 1.03, "b": 1.01, "c": 1.02, "d": 1.01, "d-peft": None}
-
-
-def rss_mib() -> float:
-    """Resident set size of this process (VmRSS), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, not current: a fallback only
-
 
 CLOCK = time.perf_counter  # --clock cpu: time.thread_time (with one torch thread: the work this call did)
 
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     growth = rss[args.memory_calls] / rss[10]
 
     # what the wrapper itself costs per call, with no diffusers call: plan + prompt check
-    from pipelines.prompt_check import check_prompt
+    from pipelines.prompt.check import check_prompt
     from pipelines.types import GenerationRequest
 
     req = GenerationRequest(prompt=PROMPT, task="host_face", seed=seed, **common)

@@ -114,7 +114,7 @@ def random_lora(transformer, rank: int, seed: int, which: str = "attn+ff"):
     read (on a meta-device model: meta tensors, shapes only)."""
     import torch
 
-    from pipelines.lora_files import LoraWeights
+    from pipelines.lora.weights import LoraWeights
 
     meta = next(transformer.parameters()).device.type == "meta"
     gen = torch.Generator().manual_seed(seed)

@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")  # two adapters, on purpose
     from bench.flux_arch import FULL, TINY, build_pipeline, random_lora
-    from pipelines.adapters import PeftAdapters
     from pipelines.compile import CompileCounter, compile_transformer
-    from pipelines.fused_adapters import FusedAdapters
+    from pipelines.lora.fused_adapters import FusedAdapters
+    from pipelines.lora.peft_adapters import PeftAdapters
 
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: run with --tiny for the CPU smoke run")

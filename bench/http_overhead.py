@@ -34,14 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+from bench.stats import pct, run_clients  # noqa: E402 - after the path insert
 
 
 def start_server(queue_size: int) -> tuple[subprocess.Popen, str]:
@@ -131,13 +124,7 @@ def concurrency(url: str, clients: int, per_client: int, args) -> str:
                 if r.status_code == 503:
                     time.sleep(float(r.headers.get("retry-after", "1")))
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = run_clients(clients, run)
     ok = [r for r in records if r[2] == 200]
     lat = [r[1] - r[0] for r in ok]
     statuses: dict[int, int] = {}

@@ -81,8 +81,8 @@ def main() -> int:
         event = Preview(1, 28, preview_image(latents, 1024, 1024)).to_dict()
     one_ms = (clock() - t) / n * 1000
 
-    print(f"| image | previews per image | without (median) | with (median) | ratio |")
-    print(f"|---|---|---|---|---|")
+    print("| image | previews per image | without (median) | with (median) | ratio |")
+    print("|---|---|---|---|---|")
     print(f"| {args.size}x{args.size}, {args.steps} steps | {shown} | {a:.3f} s | {b:.3f} s | {b / a:.3f} |")
     print(f"\nOne preview of a 1024x1024 image (latents -> {event['width']}x{event['height']} JPEG data URL): "
           f"{one_ms:.1f} ms, {len(event['image'])} bytes ({args.clock} clock, {args.pairs} interleaved pairs).")

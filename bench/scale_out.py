@@ -28,10 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
+from bench.stats import pct, run_clients  # noqa: E402 - after the path insert
 
 
 def closed_loop(url: str, clients: int, total: int, size: int, steps: int) -> tuple[float, list[float], dict]:
@@ -57,13 +54,7 @@ def closed_loop(url: str, clients: int, total: int, size: int, steps: int) -> tu
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - t)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, latencies, codes
+    return run_clients(clients, run), latencies, codes
 
 
 def main() -> None:
@@ -117,7 +108,7 @@ def main() -> None:
     for (replicas, clients), runs in sorted(results.items()):
         rate[(replicas, clients)] = statistics.mean(r for r, _ in runs)
         lat = [x for _, ls in runs for x in ls]
-        print(f"| {replicas} | {clients} | {rate[(replicas, clients)]:.2f} | {pct(lat, 50):.2f} | {pct(lat, 99):.2f} |")
+        print(f"| {replicas} | {clients} | {rate[(replicas, clients)]:.2f} | {pct(lat, .5):.2f} | {pct(lat, .99):.2f} |")
     for clients in (4, 16):
         print(f"\nscale-out ratio at {clients} clients (2 replicas / 1): "
               f"{rate[(2, clients)] / rate[(1, clients)]:.2f}")

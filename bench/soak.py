@@ -39,26 +39,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.stats import pct, rss_mib  # noqa: E402 - after the path insert
+
 TASKS = [None, "host_face", "science_background", "character_face"]
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 class Server:
@@ -77,7 +62,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "warning", "--no-access-log",
-                 "--http", "app.http_guard:GuardedH11Protocol"],  # as operators run it (docs/http-api.md)
+                 "--http", "app.http.server_guard:GuardedH11Protocol"],  # as operators run it (docs/http-api.md)
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         while time.monotonic() - started < timeout_s:
             if self.proc.poll() is not None:

@@ -3,7 +3,7 @@
 Why compile only the transformer: it is where all denoising steps go (0.184 -> 0.130 s per step on an H100,
 shared/ANCHORS.md); the text encoders and the VAE run once per image.
 
-Why it stays compiled: LoRA switching is fused (pipelines/fused_adapters.py), which changes weight *values*
+Why it stays compiled: LoRA switching is fused (pipelines/lora/fused_adapters.py), which changes weight *values*
 in place and never the module graph, so Dynamo's guards keep holding: task, LoRA and strength changes never
 recompile. What does recompile is a new latent shape, i.e. a new image size: ``dynamic=False`` makes that one
 compilation per size (a dynamic-shape graph would be slower for every size), and the sizes the service
@@ -26,7 +26,7 @@ import os
 import threading
 from pathlib import Path
 
-from .errors import ConfigError
+from pipelines.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

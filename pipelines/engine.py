@@ -14,52 +14,28 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .adapters import AdapterStrategy, PeftAdapters
-from .compile import CompileCounter, compile_transformer, should_compile
-from .errors import AdapterError, ConfigError, InvalidRequest, OutOfMemory
-from .fused_adapters import FusedAdapters
-from .lora_files import read_lora, resolve_weights_file
-from .lora_paths import display_path, locate_lora, task_lora_path
-from .lora_registry import ActiveLora, describe_loras, plan_loras
-from .model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
-from .preview import Preview, Previewer, preview_image
-from .prompt_check import check_prompt
-from .quantize import check_quantize
-from .prompt_stage import TRANSLATE_MODES, PromptStage, StagedPrompt, build_prompt_stage
-from .settings import Settings, load_settings
-from .tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, LoraEntry, TaskConfig, TaskTable, load_task_table
-from .types import GenerationInfo, GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
+from pipelines.compile import CompileCounter, compile_transformer, should_compile
+from pipelines.errors import ConfigError, InvalidRequest, OutOfMemory
+from pipelines.lora.registry import ActiveLora, describe_loras, plan_loras
+from pipelines.lora.residency import LoraResidency, ResidentAdapter
+from pipelines.lora.strategy import AdapterStrategy, build_strategy
+from pipelines.model_source import MODEL_TYPES, ModelSource, load_pipeline, pick_device, resolve_model_source
+from pipelines.preview import Preview, Previewer, preview_image
+from pipelines.prompt.check import check_prompt
+from pipelines.prompt.stage import TRANSLATE_MODES, PromptStage, StagedPrompt, build_prompt_stage
+from pipelines.quantize import check_quantize
+from pipelines.result_info import result_info, step_timings
+from pipelines.settings import Settings, load_settings
+from pipelines.tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA, LoraEntry, TaskConfig, TaskTable, load_task_table
+from pipelines.types import GenerationRequest, GenerationResult, ProgressCallback, TaskInfo
 
 logger = logging.getLogger(__name__)
 
 MAX_GUIDANCE = 20.0
 MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class ResidentAdapter:
-    name: str
-    file: Path
-    format: str
-    rank: int
-    #: provenance, fixed when the file was read: path relative to the models folder (``demo:...`` for the
-    #: demo's own LoRA, never absolute) and the file's sha256 (full hex; ``short_hash`` as ``lora inspect`` prints)
-    label: str = ""
-    sha256: str = ""
-    scales: dict = field(default_factory=dict)  # effective scale at strength 1.0 per module group
-    components: tuple[str, ...] = ("transformer",)
-    dora: bool = False
-    trigger_words: tuple[str, ...] = ()  # what the LoRA file ships with (kohya ss_*, config.yaml)
-    alpha: float | None = None
-    modules: tuple[str, ...] = ()  # the layers it adapts, e.g. transformer_blocks.0.attn.to_q
-
-    @property
-    def short_hash(self) -> str:
-        """First 12 hex digits of the sha256: ``adapter_hash`` in results, as ``lora inspect`` prints it."""
-        return self.sha256[:12]
 
 
 @dataclass(frozen=True)
@@ -93,33 +69,19 @@ class FluxEngine:
         self.device = device
         self.dtype = dtype
         self.tasks = tasks or TaskTable(source=Path("<none>"))
-        self.adapters: AdapterStrategy = adapters or (
-            PeftAdapters(pipe) if settings.adapters == "peft" else FusedAdapters(pipe, settings.fused_backup))
+        self.adapters: AdapterStrategy = adapters or build_strategy(pipe, settings)
         #: glossary + optional translator, applied to every prompt before the task's template (setup once)
         self.prompt_stage = prompt_stage or build_prompt_stage(settings, pipe.tokenizer_2, device, source.demo)
-        self._resident: dict[Path, ResidentAdapter] = {}
-        #: registered LoRA name ([loras.NAME] or a task's path shorthand) -> its resident adapter
-        self._named: dict[str, ResidentAdapter] = {}
-        #: task name -> its (first) adapter, fixed at start-up so a request never touches the LoRA files again
-        self._task_adapters: dict[str, ResidentAdapter] = {}
-        #: registered LoRA name -> the warning every result using it carries (the demo's LoRA standing in)
-        self._lora_notes: dict[str, str] = {}
         self._lock = threading.Lock()
         self._fault: BaseException | None = None
         #: torch.compile state: graphs compiled so far (one per image size after warm-up; never per LoRA)
         self.compilations = CompileCounter()
         self.compiled = False
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
-        users: dict[str, list[str]] = {}
-        for task in self.tasks.tasks.values():
-            for lora_name, _ in task.loras:
-                users.setdefault(lora_name, []).append(task.name)
-        for entry in self.tasks.loras.values():
-            self._register(entry, users.get(entry.name, []))
-        for task in self.tasks.tasks.values():
-            if task.loras:
-                self._task_adapters[task.name] = self._named[task.loras[0][0]]
-                self._apply_lora_trigger_words(task, [self._named[n] for n, _ in task.loras])
+        #: LoRA files resident, their names, the tasks' adapters (pipelines/lora/residency.py)
+        self.loras = LoraResidency(self.adapters, settings, self.tasks,
+                                   source.path.parent if source.demo else None)
+        self.loras.load_table()
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -138,7 +100,7 @@ class FluxEngine:
             engine.enable_compile()
         logger.info("model ready: %s (%s) on %s/%s, %d task(s), %d adapter(s) resident (%s strategy%s), %.1fs%s",
                     "demo" if source.demo else source.path, source.model_type, device,
-                    str(dtype).removeprefix("torch."), len(engine.tasks.tasks), len(engine._resident),
+                    str(dtype).removeprefix("torch."), len(engine.tasks.tasks), len(engine.loras.resident),
                     engine.adapter_strategy, f", torch.compile {settings.compile_backend}" if compile_on else "",
                     time.perf_counter() - started, "  [DEMO MODEL: random weights]" if source.demo else "")
         return engine
@@ -186,112 +148,27 @@ class FluxEngine:
         return self.source.demo
 
     # ---------------------------------------------------------------- adapters
-    @property
-    def _demo_root(self) -> Path | None:
-        """The demo model's folder (where its own LoRA lives); None on a real model."""
-        return self.source.path.parent if self.is_demo else None
-
-    def _register(self, entry: LoraEntry, users: list[str]) -> ResidentAdapter:
-        """Make a registered LoRA resident under its name; its path resolves like every LoRA path
-        (``lora_paths.locate_lora``: relative to the models folder, the demo's own LoRA standing in on the demo
-        model only when the user has no file there, with a warning every result using it carries)."""
-        try:
-            where = locate_lora(task_lora_path(entry.path, self.settings.models_dir),
-                                models_dir=self.settings.models_dir, demo_root=self._demo_root)
-            adapter = self._named[entry.name] = self._adapter_for(where.path, name=entry.name)
-        except AdapterError as exc:
-            who = (f"task {users[0]!r}" if entry.implicit and users else
-                   f"LoRA {entry.name!r} ([loras.{entry.name}] in {self.tasks.source})")
-            raise type(exc)(f"{who}: {exc.message}", path=exc.path) from None
-        if where.note:
-            self._lora_notes[entry.name] = where.note
-        return adapter
-
-    def _resident_again(self, adapter: ResidentAdapter) -> ResidentAdapter:
-        """An adapter unloaded by a Ray replica's LRU is loaded again (same file, same name) when a request
-        needs it; every registered name and task pointing at that file follows."""
-        if self._resident.get(adapter.file) is adapter:
-            return adapter
-        fresh = self._resident.get(adapter.file) or self._adapter_for(adapter.file, name=adapter.name)
-        for n, a in list(self._named.items()):
-            if a.file == adapter.file:
-                self._named[n] = fresh
-        for t, a in list(self._task_adapters.items()):
-            if a.file == adapter.file:
-                self._task_adapters[t] = fresh
-        return fresh
-
     def locate_lora(self, path: str | Path) -> tuple[Path, str | None]:
-        """Python API paths, resolved like task paths (see ``lora_paths.locate_lora``): (path, warning or None)."""
-        where = locate_lora(path, models_dir=self.settings.models_dir, demo_root=self._demo_root)
-        return where.path, where.note
+        """Python API paths, resolved like task paths (see ``paths.locate_lora``): (path, warning or None)."""
+        return self.loras.locate(path)
 
     def lora_label(self, file: Path) -> str:
         """A LoRA file as results name it: relative to the models folder, ``demo:...``, never absolute."""
-        return display_path(file, models_dir=self.settings.models_dir, demo_root=self._demo_root)
-
-    def _apply_lora_trigger_words(self, task: TaskConfig, adapters: list[ResidentAdapter]) -> None:
-        """``trigger_words = "from-lora"``: the words the task's LoRA files ship with (every LoRA of the task,
-        in order, each word once), fixed at start-up."""
-        if not task.trigger_words_from_lora:
-            return
-        words = tuple(dict.fromkeys(w for a in adapters for w in a.trigger_words))
-        if not words:
-            labels = ", ".join(a.label for a in adapters)
-            raise ConfigError(f"task {task.name!r} says trigger_words = \"from-lora\" but its LoRA {labels} "
-                              "records none (no kohya ss_tag_frequency / modelspec.trigger_phrase, no config.yaml "
-                              "trigger_word beside it); list the words in the task table instead")
-        self.tasks.tasks[task.name] = replace(task, trigger_words=words)
-        logger.info("task %s: trigger words from its LoRA: %s", task.name, ", ".join(words))
-
-    def _adapter_for(self, path: Path, name: str | None = None) -> ResidentAdapter:
-        """Load a LoRA once; later calls with the same file get the resident adapter (never re-read)."""
-        weights = resolve_weights_file(path).resolve()
-        if weights in self._resident:
-            return self._resident[weights]
-        lora = read_lora(weights)
-        base = name or (weights.parent.name if weights.name in ("pytorch_lora_weights.safetensors",
-                                                                "adapter_model.safetensors") else weights.stem)
-        name, n = base, 2
-        taken = {a.name for a in self._resident.values()}
-        while name in taken:
-            name, n = f"{base}_{n}", n + 1
-        started = time.perf_counter()
-        self.adapters.load(name, lora)
-        adapter = ResidentAdapter(name=name, file=weights, format=lora.format, rank=lora.rank,
-                                  label=self.lora_label(weights), sha256=lora.sha256,
-                                  scales=lora.scale_summary(), components=tuple(lora.components),
-                                  dora=lora.is_dora, trigger_words=tuple(lora.trigger_words), alpha=lora.alpha,
-                                  modules=tuple(lora.modules))
-        self._resident[weights] = adapter
-        logger.info("LoRA loaded: %s [sha256 %s] as adapter %r (%s layout%s, %s, rank %d, scale at strength 1: %s, "
-                    "%d tensors, %.2fs)", adapter.label, adapter.short_hash, name, lora.format,
-                    ", DoRA" if lora.is_dora else "", " + ".join(adapter.components), lora.rank,
-                    ", ".join(f"{k} x{v:g}" for k, v in adapter.scales.items()), len(lora.state_dict),
-                    time.perf_counter() - started)
-        return adapter
+        return self.loras.label(file)
 
     def ensure_adapter(self, file: str | Path) -> ResidentAdapter:
         """Make the LoRA at ``file`` resident (a Ray replica's multiplexer loads a request's LoRA set here)."""
         with self._lock:
-            return self._adapter_for(Path(file))
+            return self.loras.adapter_for(Path(file))
 
     def unload_adapter(self, file: str | Path) -> bool:
         """Free one resident LoRA so a replica holds at most its N most recently used (app/ray_serve). The
         next request that needs it loads it again from the same file. Needs ``AdapterStrategy.unload``."""
         with self._lock:
-            weights = resolve_weights_file(Path(file)).resolve()
-            adapter = self._resident.get(weights)
-            if adapter is None:
-                return False
-            self.adapters.unload(adapter.name)  # type: ignore[attr-defined]
-            del self._resident[weights]
-            logger.info("LoRA unloaded: %s (adapter %r); it loads again when a request needs it",
-                        weights, adapter.name)
-            return True
+            return self.loras.unload(file)
 
     def resident_adapters(self) -> list[ResidentAdapter]:
-        return list(self._resident.values())
+        return list(self.loras.resident.values())
 
     # ---------------------------------------------------------------- requests
     def plan(self, req: GenerationRequest) -> Plan:
@@ -312,10 +189,10 @@ class FluxEngine:
             located, note = self.locate_lora(req.lora_path)
             if note:
                 notes.append(note)
-            adapter = self._adapter_for(located)
+            adapter = self.loras.adapter_for(located)
             base.append((adapter.name, adapter, 1.0))
         elif task is not None:
-            base.extend((n, self._named[n], s) for n, s in task.loras)
+            base.extend((n, self.loras.named[n], s) for n, s in task.loras)
         if req.lora_alpha is not None:
             if not base:
                 with_lora = [t for t, c in self.tasks.tasks.items() if c.lora]
@@ -326,10 +203,10 @@ class FluxEngine:
             if not MIN_LORA_ALPHA <= req.lora_alpha <= MAX_LORA_ALPHA:
                 raise InvalidRequest(f"`lora_alpha` must be between {MIN_LORA_ALPHA} and {MAX_LORA_ALPHA}, "
                                      f"got {req.lora_alpha}", param="lora_alpha")
-        loras = plan_loras(registry=self._named, base=base, task_name=task.name if task else None,
+        loras = plan_loras(registry=self.loras.named, base=base, task_name=task.name if task else None,
                            lora_alpha=req.lora_alpha, requested=getattr(req, "loras", None))
-        loras = tuple(replace(x, adapter=self._resident_again(x.adapter)) for x in loras)
-        notes.extend(self._lora_notes[x.name] for x in loras if x.name in self._lora_notes)
+        loras = tuple(replace(x, adapter=self.loras.resident_again(x.adapter)) for x in loras)
+        notes.extend(self.loras.notes[x.name] for x in loras if x.name in self.loras.notes)
         adapter = loras[0].adapter if loras else None
         scale = loras[0].scale if loras else 0.0
         width = req.width if req.width is not None else (task.width if task else 1024)
@@ -447,47 +324,8 @@ class FluxEngine:
             logger.warning("torch.compile: this %dx%d image compiled %d new graph(s) (a size not warmed up; add it "
                            "to FLUX_COMPILE_WARMUP_SIZES)", plan.width, plan.height, compiled_now)
 
-        timings = {"total_s": round(ended - started, 4)}
-        if marks:
-            step_mean = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else marks[0] - started
-            timings.update(step_mean_s=round(step_mean, 4), decode_s=round(ended - marks[-1], 4),
-                           encode_s=round(max(marks[0] - started - step_mean, 0.0), 4))
-        info = GenerationInfo(
-            task=plan.task,
-            adapter_name=plan.adapter.name if plan.adapter else None,
-            adapter_file=plan.adapter.label if plan.adapter else None,
-            lora_scale=plan.lora_scale,
-            seed=plan.seed,
-            width=plan.width,
-            height=plan.height,
-            num_inference_steps=total,
-            guidance_scale=plan.guidance_scale,
-            prompt=plan.prompt,
-            model=self.source.label,
-            model_type=self.source.model_type,
-            demo=self.is_demo,
-            device=self.device,
-            dtype=str(self.dtype).removeprefix("torch."),
-            warnings=warnings,
-            timings=timings,
-            adapter_hash=plan.adapter.short_hash if plan.adapter else None,
-            adapter_rank=plan.adapter.rank if plan.adapter else None,
-            adapter_scales=dict(plan.adapter.scales) if plan.adapter else None,
-            loras=[x.to_dict() for x in plan.loras],
-            adapter_strategy=self.adapter_strategy,
-            compiled=self.compiled,
-            compilations=self.compilations.total,
-            translate=plan.staged.mode,
-            prompt_original=plan.staged.original,
-            prompt_english=plan.staged.english,
-            glossary_terms=[list(t) for t in plan.staged.glossary_terms],
-            translated=[list(t) for t in plan.staged.translated],
-            translator=plan.staged.translator,
-            prompt_clip=report.clip_text,
-            prompt_t5=report.t5_text,
-            t5_unknown_before=round(unknown_before, 4),
-            t5_unknown_after=round(report.t5_unknown_fraction, 4),
-        )
+        timings = step_timings(started, marks, ended)
+        info = result_info(self, plan, report, warnings=warnings, timings=timings, unknown_before=unknown_before)
         lora = (f"{info.adapter_file} [sha256 {info.adapter_hash}] (adapter={info.adapter_name}, "
                 f"alpha={info.lora_scale:g})"
                 if info.adapter_name and info.lora_scale else
@@ -515,20 +353,18 @@ class FluxEngine:
                     raise ConfigError(f"task {task.name!r}: LoRA {n!r} "
                                       + ("now names another file than at start-up" if entry else "is not registered")
                                       + f" in {self.tasks.source}; restart the service to serve it")
-                self._register(entry, [task.name])
+                self.loras.register(entry, [task.name])
                 self.tasks.loras[n] = entry
             self.tasks.tasks[task.name] = task
-            if task.loras:
-                self._task_adapters[task.name] = self._named[task.loras[0][0]]
-                self._apply_lora_trigger_words(task, [self._named[n] for n, _ in task.loras])
-        adapter = self._task_adapters.get(task.name)
+            self.loras.bind_task(task)
+        adapter = self.loras.task_adapters.get(task.name)
         logger.info("task %s added at run time (LoRA %s)", task.name, adapter.label if adapter else "none")
 
     # ---------------------------------------------------------------- introspection
     def task_infos(self) -> list[TaskInfo]:
         out = []
         for t in self.tasks.tasks.values():
-            adapter = self._task_adapters.get(t.name)
+            adapter = self.loras.task_adapters.get(t.name)
             out.append(TaskInfo(
                 name=t.name, description=t.description,
                 adapter_name=adapter.name if adapter else None,
@@ -539,15 +375,15 @@ class FluxEngine:
                 num_inference_steps=t.num_inference_steps or self.default_steps,
                 guidance_scale=t.guidance_scale if t.guidance_scale is not None else self.default_guidance,
                 adapter_hash=adapter.short_hash if adapter else None,
-                lora_trigger_words=list(dict.fromkeys(w for n, _ in t.loras for w in self._named[n].trigger_words)),
-                warnings=[self._lora_notes[n] for n, _ in t.loras if n in self._lora_notes],
+                lora_trigger_words=list(dict.fromkeys(w for n, _ in t.loras for w in self.loras.named[n].trigger_words)),
+                warnings=[self.loras.notes[n] for n, _ in t.loras if n in self.loras.notes],
                 loras=[{"name": n, "scale": s} for n, s in t.loras],
             ))
         return out
 
     def lora_infos(self) -> list[dict]:
         """Every registered LoRA as clients see it (``GET /api/loras``): no absolute paths."""
-        return describe_loras(self._named, self.tasks)
+        return describe_loras(self.loras.named, self.tasks)
 
     def inject_fault_once(self, fault: BaseException) -> None:
         """Test hook: raise ``fault`` from inside the next denoising step (e.g. a torch.OutOfMemoryError)."""

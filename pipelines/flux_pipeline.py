@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .engine import FluxEngine
-from .settings import ModelType, Settings, load_settings
-from .types import GenerationRequest, GenerationResult, ProgressCallback
+from pipelines.engine import FluxEngine
+from pipelines.settings import ModelType, Settings, load_settings
+from pipelines.types import GenerationRequest, GenerationResult, ProgressCallback
 
 if TYPE_CHECKING:
     from PIL.Image import Image

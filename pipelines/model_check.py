@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ModelUnavailable
+from pipelines.errors import ModelUnavailable
 
 #: a safetensors header larger than this is garbage, not a header (real FLUX headers are < 1 MB)
 MAX_HEADER_BYTES = 100 * 2**20

@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .demo_model import ensure_demo_model
-from .errors import ModelUnavailable
-from .model_check import check_model_folder
-from .settings import Settings
+from pipelines.demo_model import ensure_demo_model
+from pipelines.errors import ModelUnavailable
+from pipelines.model_check import check_model_folder
+from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from .errors import ConfigError
+from pipelines.errors import ConfigError
 
 
 def check_quantize(setting: str, device: str) -> None:

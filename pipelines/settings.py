@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from .errors import ConfigError
+from pipelines.errors import ConfigError
 
 ModelType = Literal["flux1", "flux1-schnell"]
 ENV_PREFIX = "FLUX_"
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         "empty: every size of the task table.")
     quantize: Literal["none", "fp8"] = Field(
         default="none", description="fp8: refused in this build (see docs/architecture.md).")
-    # --- prompt stage (pipelines/prompt_stage.py): glossary, then an optional local translation model ------
+    # --- prompt stage (pipelines/prompt/stage.py): glossary, then an optional local translation model ------
     glossary_file: Path | None = Field(default=None, description="Prompt glossary; default <models_dir>/glossary.toml.")
     translate: Literal["auto", "glossary", "off"] = Field(
         default="auto", description="Default for a request's `translate`: auto (glossary, then the translator for "
@@ -154,9 +154,8 @@ class Settings(BaseSettings):
                                            description="Body limit of POST /api/trainings (photos or a zip).")
     training_min_free_gpu_gib: float = Field(default=30.0, ge=0,
                                              description="Free GPU memory a training needs to be admitted.")
-    enable_test_hooks: bool = Field(default=False, description="Test-only fault injection; never in production.")
     log_health_checks: bool = Field(
-        default=False, description="Also write /health, /ready and /metrics polls to the access log (app/access_log.py)."
+        default=False, description="Also write /health, /ready and /metrics polls to the access log (app/http/access_log.py)."
     )
 
     # --- durable jobs (app/jobs/) ---------------------------------------------------------------------

@@ -11,14 +11,14 @@ A task's ``lora = "lora/host_person"`` (a path) is shorthand for registering tha
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError, UnknownTask
+from pipelines.errors import ConfigError, UnknownTask
 
 MIN_LORA_ALPHA = 0.0
 MAX_LORA_ALPHA = 2.0

@@ -36,7 +36,7 @@ class GenerationRequest:
     #: strengths of registered LoRAs by name, ((name, scale), ...): the task's get a new strength, others are
     #: added (several LoRAs at once); names only, never paths. None: the task's LoRAs as configured.
     loras: tuple[tuple[str, float], ...] | None = None
-    #: the prompt stage (pipelines/prompt_stage.py): "auto", "glossary" or "off"; None: the FLUX_TRANSLATE default
+    #: the prompt stage (pipelines/prompt/stage.py): "auto", "glossary" or "off"; None: the FLUX_TRANSLATE default
     translate: str | None = None
 
 
@@ -74,7 +74,7 @@ class GenerationInfo:
     adapter_strategy: str = ""  # fused | peft: how the LoRAs reached the weights
     compiled: bool = False  # the transformer ran under torch.compile
     compilations: int = 0  # graphs compiled by this engine so far (grows per new image size, never per LoRA)
-    # the prompt stage (pipelines/prompt_stage.py): what the user typed and what each text encoder read
+    # the prompt stage (pipelines/prompt/stage.py): what the user typed and what each text encoder read
     translate: str = "off"  # the mode used: auto, glossary or off
     prompt_original: str = ""  # as typed
     prompt_english: str = ""  # after glossary + translation, before the task's trigger words and template

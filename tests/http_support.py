@@ -28,7 +28,6 @@ TEST_TASKS = ROOT / "tests" / "data" / "http_tasks.toml"
 #: what every test server runs with (small sizes allowed, test hooks on, the 2-step task table)
 BASE_ENV = {
     "FLUX_MIN_SIZE": "16",
-    "FLUX_ENABLE_TEST_HOOKS": "true",
     "FLUX_TASKS_FILE": str(TEST_TASKS),
     "FLUX_QUEUE_SIZE": "3",
     "FLUX_REQUEST_TIMEOUT_S": "120",
@@ -47,10 +46,11 @@ def _free_port() -> int:
 
 
 class LiveServer:
-    """``python -m uvicorn app.main:create_app --factory --http app.http_guard:GuardedH11Protocol`` on a free
-    port, configured by environment."""
+    """``python -m uvicorn tests.hooks:create_app --factory --http app.http.server_guard:GuardedH11Protocol`` on
+    a free port, configured by environment: the product's ``app.main:create_app`` plus the test routes
+    (tests/hooks.py). ``cli=True``: ``flux-service serve`` (``python -m tests.hooks serve``), likewise."""
 
-    def __init__(self, target: str = "app.main:create_app", factory: bool = True, data_dir: Path | None = None,
+    def __init__(self, target: str = "tests.hooks:create_app", factory: bool = True, data_dir: Path | None = None,
                  cli: bool = False, **env: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,9 +63,9 @@ class LiveServer:
         full_env.update(env)
         command = [sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []), "--host",
                    "127.0.0.1", "--port", str(self.port), "--log-level", "info",
-                   "--http", "app.http_guard:GuardedH11Protocol"]  # slow-client limits, as docs/http-api.md says
+                   "--http", "app.http.server_guard:GuardedH11Protocol"]  # slow-client limits, as docs/http-api.md says
         if cli:  # what `flux-service serve` runs
-            command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            command = [sys.executable, "-m", "tests.hooks", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(
             command,
             cwd=ROOT, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)

@@ -24,10 +24,11 @@ class RayCluster:
 
         from app.ray_serve.launch import start
         from tests.conftest import make_settings
+        from tests.hooks import hooked
 
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        base = {"tasks_file": TEST_TASKS, "queue_size": 8, "request_timeout_s": 120, "enable_test_hooks": True,
+        base = {"tasks_file": TEST_TASKS, "queue_size": 8, "request_timeout_s": 120,
                     "host": "127.0.0.1", "port": self.port, "ray_cpus_per_replica": 0.5, "ray_max_loras": 1}
         base.update(overrides)
         self.settings = make_settings(**base)
@@ -35,7 +36,7 @@ class RayCluster:
         # 2 logical CPUs: the two replicas ask 0.5 each, Serve's controller and proxy ask none
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-        start(self.settings, replicas)
+        start(self.settings, replicas, extend_app=hooked)  # + the test routes (tests/hooks.py)
         self.start_s = time.perf_counter() - started
 
     def engine_handle(self):

@@ -43,9 +43,10 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """``uvicorn app.main:create_app --factory`` in its own process, on the demo model."""
+    """``uvicorn app.main:create_app --factory`` in its own process, on the demo model (``hooks``: with the
+    test routes of tests/hooks.py)."""
 
-    def __init__(self, name: str, **env_overrides: str):
+    def __init__(self, name: str, hooks: bool = False, **env_overrides: str):
         ARTIFACTS.mkdir(exist_ok=True)
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}  # hermetic: no stray config
@@ -54,7 +55,7 @@ class ServerProcess:
         self.log_path = ARTIFACTS / f"server-{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+                [sys.executable, "-m", "uvicorn", "tests.hooks:create_app" if hooks else "app.main:create_app", "--factory",
                  "--host", "127.0.0.1", "--port", str(port)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -14,8 +14,14 @@ import base64
 import httpx
 import pytest
 
-from tests.test_browser import UI_TIMEOUT_MS, ServerProcess, Visit, detail, wait_image
-from tests.test_browser import browser  # noqa: F401 - the shared Chromium fixture
+from tests.test_browser import (
+    UI_TIMEOUT_MS,
+    ServerProcess,
+    Visit,
+    browser,  # noqa: F401 - the shared Chromium fixture
+    detail,
+    wait_image,
+)
 
 VIEW = {"width": 1440, "height": 900}
 TYPED = "科普主持人，微笑"
@@ -44,7 +50,7 @@ num_inference_steps = 2
 def server(tmp_path_factory):
     tasks = tmp_path_factory.mktemp("tasks") / "tasks.toml"
     tasks.write_text(TASKS, encoding="utf-8")
-    proc = ServerProcess("workflow", FLUX_ENABLE_TEST_HOOKS="true", FLUX_TASKS_FILE=str(tasks))
+    proc = ServerProcess("workflow", hooks=True, FLUX_TASKS_FILE=str(tasks))
     try:
         yield proc.wait_ready()
     finally:
@@ -52,7 +58,7 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def visit(browser, server):
+def visit(browser, server):  # noqa: F811 - the imported fixture, by name
     v = Visit(browser, server)
     v.page.set_viewport_size(VIEW)
     v.page.wait_for_selector("#task option[value=styled_host]", state="attached")

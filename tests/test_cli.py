@@ -15,7 +15,7 @@ SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
 
 def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "FLUX_MIN_SIZE": "16", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.access_log import HealthCheckFilter
+from app.http.access_log import HealthCheckFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
@@ -60,7 +60,7 @@ def test_serve_starts_without_third_party_noise_and_does_not_log_health_polls(tm
     port = _free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT,
                                 env=_env(), stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -104,7 +104,7 @@ def test_health_check_filter_keeps_failures_and_other_paths():
 
 
 def test_health_checks_are_logged_when_asked(caplog):
-    from app.access_log import quiet_health_checks
+    from app.http.access_log import quiet_health_checks
 
     try:
         quiet_health_checks(True)
@@ -116,7 +116,7 @@ def test_health_checks_are_logged_when_asked(caplog):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=180, env=_env())
 
 

@@ -8,8 +8,15 @@ import io
 import numpy as np
 import pytest
 
-from pipelines.preview import (FLUX_LATENT_RGB_BIAS, FLUX_LATENT_RGB_FACTORS, MAX_SIDE, Preview, every_n_steps,
-                               latents_to_rgb, preview_image)
+from pipelines.preview import (
+    FLUX_LATENT_RGB_BIAS,
+    FLUX_LATENT_RGB_FACTORS,
+    MAX_SIDE,
+    Preview,
+    every_n_steps,
+    latents_to_rgb,
+    preview_image,
+)
 from tests.engine_helpers import pixels, request
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import pipelines.engine
+import pipelines.lora.residency
 from pipelines.tasks import load_task_table
 from tests.engine_helpers import bare_call, pixels, request
 
@@ -46,8 +46,8 @@ def test_tasks_naming_the_same_lora_share_one_resident_adapter(engine, peft_engi
 def test_generate_never_rereads_lora_files(engine, demo_root, monkeypatch):
     engine.generate(request(task="host_face"))  # make sure the task's adapter is resident
     reads = []
-    real_read_lora = pipelines.engine.read_lora
-    monkeypatch.setattr(pipelines.engine, "read_lora", lambda path: reads.append(path) or real_read_lora(path))
+    real_read_lora = pipelines.lora.residency.read_lora
+    monkeypatch.setattr(pipelines.lora.residency, "read_lora", lambda path: reads.append(path) or real_read_lora(path))
     resident = engine.resident_adapters()
 
     for task in ["host_face", "character_face", "science_background", "host_face"]:

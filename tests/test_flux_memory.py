@@ -34,7 +34,7 @@ def test_fused_backup_of_the_usual_lora_is_342_weights_and_about_ten_gib(full):
 @pytest.mark.parametrize("which", ["attn+ff", "trainer"])
 def test_backup_figure_is_what_the_fused_strategy_holds(engine, which):
     """The script's formula against ``FusedAdapters.backup_bytes()`` after loading such a LoRA (demo model)."""
-    from pipelines.fused_adapters import FusedAdapters
+    from pipelines.lora.fused_adapters import FusedAdapters
 
     pipe = fresh_bare_pipe(engine)
     adapters = FusedAdapters(pipe)

@@ -89,8 +89,8 @@ def test_fused_text_encoder_lora_applies_and_strength_zero_is_exact(engine, bare
     import torch
     from safetensors.torch import save_file
 
-    from pipelines.fused_adapters import FusedAdapters
-    from pipelines.lora_files import LoraWeights
+    from pipelines.lora.fused_adapters import FusedAdapters
+    from pipelines.lora.weights import LoraWeights
 
     # the module's name as this transformers version spells it (5.x: no ``text_model.`` level)
     name = next(n for n, _ in engine.pipe.text_encoder.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
@@ -134,7 +134,7 @@ def test_module_scale_equals_peft_own_scaling(config):
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
-    from pipelines.lora_files import LoraWeights
+    from pipelines.lora.weights import LoraWeights
 
     model = torch.nn.Module()
     model.a, model.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.hooks import hooked
 from tests.http_support import SMALL
 
 
@@ -18,7 +19,7 @@ def make_client(engine):
     clients = []
 
     def build(**overrides):
-        c = TestClient(create_app(make_settings(enable_test_hooks=True, **overrides), engine=engine))
+        c = TestClient(hooked(create_app(make_settings(**overrides), engine=engine)))
         c.__enter__()
         clients.append(c)
         return c
@@ -141,7 +142,7 @@ def test_openapi_documents_the_json_body_and_says_the_forms_take_the_same_fields
     assert "prompt" in spec["components"]["schemas"]["GenerateParams"]["required"]
 
 
-def test_test_hooks_are_absent_unless_enabled(engine):
+def test_test_hooks_are_absent_from_the_product_app(engine):
     with TestClient(create_app(make_settings(), engine=engine)) as c:
         assert c.post("/_test/fault", json={"kind": "oom"}).status_code == 404
 

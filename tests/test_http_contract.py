@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from app.job_schema import Job
+from app.http.job_schema import Job
+from app.http.routes.generate import HEADER_DOCS, RESULT_HEADERS
 from app.main import create_app
-from app.routes.generate import HEADER_DOCS, RESULT_HEADERS
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def test_optional_fields_are_never_null_in_the_request_schemas():
 
 
 def test_the_body_is_json_only_with_a_working_example_and_the_forms_are_described():
-    """One content type: openapi-python-client 0.29 emits unimportable code for two (see app/openapi.py)."""
+    """One content type: openapi-python-client 0.29 emits unimportable code for two (see app/http/openapi.py)."""
     spec = spec_of()
     body = spec["paths"]["/api/generate-image"]["post"]["requestBody"]
     assert list(body["content"]) == ["application/json"] and body["required"] is True
@@ -120,7 +120,7 @@ def test_png_answers_are_binary_with_every_result_header_described(method, path)
     x_headers = [h for h in RESULT_HEADERS if h.startswith("X-")]
     assert sorted(ok["headers"]) == sorted(x_headers)
     for name in x_headers:
-        assert name in HEADER_DOCS, f"describe {name} in HEADER_DOCS (app/routes/generate.py)"
+        assert name in HEADER_DOCS, f"describe {name} in HEADER_DOCS (app/http/routes/generate.py)"
         assert ok["headers"][name]["description"] == HEADER_DOCS[name]
 
 
@@ -137,8 +137,8 @@ def test_a_list_field_added_to_the_model_is_json_text_in_a_form_under_the_same_j
     """The extension point other features use (e.g. ``loras``): one line in the model, forms follow by themselves."""
     from pydantic import BaseModel, Field, ValidationError, create_model
 
-    from app.request_body import form_values
-    from app.schemas import GenerateParams
+    from app.http.request_body import form_values
+    from app.http.schemas import GenerateParams
     from pipelines.errors import InvalidRequest
 
     class Lora(BaseModel):

@@ -7,8 +7,6 @@ import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from tests.http_support import SMALL, pixels, png_info
 
 PROMPT = "科普主持人，专业形象，微笑"

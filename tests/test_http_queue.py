@@ -6,8 +6,6 @@ import socket
 import time
 from urllib.parse import urlencode
 
-import pytest
-
 from tests.http_support import SMALL, StepDelay, drain_jobs, metric, wait_until
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from app.prompt_headers import CUT_MARK, capped_json
+from app.http.prompt_headers import CUT_MARK, capped_json
 from tests.http_support import SMALL, pixels, png_info, wait_until
 
 PROMPT = "科普主持人，专业形象，微笑"

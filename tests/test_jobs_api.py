@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.hooks import hooked
 from tests.http_support import SMALL, StepDelay, drain_jobs, metric, pixels, png_info, wait_until
 
 
@@ -152,7 +153,7 @@ def test_jobs_and_direct_requests_share_one_fifo_queue(server, client):
 @pytest.fixture()
 def retention_client(engine):
     def build(**overrides):
-        return TestClient(create_app(make_settings(**overrides), engine=engine))
+        return TestClient(hooked(create_app(make_settings(**overrides), engine=engine)))
     return build
 
 
@@ -179,7 +180,7 @@ def test_only_the_newest_finished_jobs_are_kept(retention_client):
 
 
 def test_unfinished_jobs_are_never_forgotten(retention_client):
-    with retention_client(job_ttl_s=0.2, max_jobs_kept=1, enable_test_hooks=True) as c:
+    with retention_client(job_ttl_s=0.2, max_jobs_kept=1) as c:
         c.post("/_test/step-delay", json={"seconds": 0.3})  # 8 steps: ~2.4 s running, the next one waits
         body = {"prompt": "s", "width": "32", "height": "32", "num_inference_steps": "8"}
         running, queued = (c.post("/api/jobs", data=body).json()["id"] for _ in range(2))

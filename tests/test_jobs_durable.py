@@ -11,8 +11,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.job import Job
 from app.jobs import JobStore, pending_jobs
+from app.jobs.job import Job
 from app.jobs.retention import to_remove
 from app.main import create_app
 from pipelines.errors import ConfigError

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.http_support import SMALL, StepDelay, drain_jobs, wait_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}

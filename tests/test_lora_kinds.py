@@ -137,7 +137,7 @@ def test_result_reports_the_scale_loading_applies(peft_engine, files):
 
 @pytest.mark.parametrize("kind", [*PEFT_KINDS, "text_encoder", "kohya"])
 def test_inspect_and_results_agree_on_hash_rank_and_effective_scale(peft_engine, files, settings, kind):
-    from pipelines.lora_inspect import inspect_lora
+    from pipelines.lora.inspect import inspect_lora
 
     report = inspect_lora(str(files[kind]), settings)
     info = peft_engine.generate(request(lora_path=str(files[kind]))).info
@@ -150,7 +150,7 @@ def test_inspect_and_results_agree_on_hash_rank_and_effective_scale(peft_engine,
 
 
 def test_inspect_reports_components_kohya_alpha_and_digits_in_module_names(files, settings):
-    from pipelines.lora_inspect import inspect_lora
+    from pipelines.lora.inspect import inspect_lora
 
     kohya = inspect_lora(str(files["kohya"]), settings)
     assert kohya["format"] == "kohya" and kohya["alpha"] == 8.0  # the stored .alpha tensors, applied by loading

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from pipelines.errors import AdapterNotFound, ConfigError
-from pipelines.lora_paths import locate_lora
+from pipelines.lora.paths import locate_lora
 from tests import lora_builders as build
 from tests.conftest import make_settings
 from tests.engine_helpers import request
@@ -110,7 +110,7 @@ def test_trigger_words_from_a_lora_that_records_none_is_a_start_up_error(tmp_pat
 
 
 def test_ai_toolkit_config_yaml_beside_the_file_gives_format_and_trigger_words(tmp_path, demo_root):
-    from pipelines.lora_files import read_lora
+    from pipelines.lora.files import read_lora
 
     shutil.copy(demo_root / DEMO_FILE, tmp_path / "lora.safetensors")
     (tmp_path / "config.yaml").write_text(
@@ -121,7 +121,7 @@ def test_ai_toolkit_config_yaml_beside_the_file_gives_format_and_trigger_words(t
 
 
 def test_a_stray_config_yaml_beside_a_lora_does_not_block_it(tmp_path, demo_root):
-    from pipelines.lora_files import read_lora
+    from pipelines.lora.files import read_lora
 
     shutil.copy(demo_root / DEMO_FILE, tmp_path / "lora.safetensors")
     (tmp_path / "config.yaml").write_text("key: [unclosed\n", encoding="utf-8")

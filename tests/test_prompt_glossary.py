@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.glossary import CJK, Glossary, load_glossary
-from pipelines.prompt_check import check_prompt
+from pipelines.prompt.check import check_prompt
+from pipelines.prompt.glossary import CJK, Glossary, load_glossary
 
 GLOSSARY = Path(__file__).resolve().parents[1] / "models" / "glossary.toml"
 

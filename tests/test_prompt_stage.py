@@ -14,10 +14,10 @@ from PIL import Image
 
 from pipelines.engine import FluxEngine
 from pipelines.errors import InvalidRequest
-from pipelines.glossary import CJK, load_glossary
-from pipelines.prompt_stage import PromptStage
+from pipelines.prompt.glossary import CJK, load_glossary
+from pipelines.prompt.stage import PromptStage
+from pipelines.prompt.translator import Translator
 from pipelines.tasks import TaskConfig, TaskTable
-from pipelines.translator import Translator
 from tests.engine_helpers import bare_call, pixels, request
 
 GUIDE_PROMPT = "科普主持人，专业形象，微笑，正式着装"

@@ -109,7 +109,7 @@ def test_serve_starts_with_comma_separated_origins_from_dotenv(tmp_path):
     (tmp_path / ".env").write_text(
         f"FLUX_CORS_ORIGINS=http://a.example,http://b.example\nFLUX_TASKS_FILE={TEST_TASKS}\n", encoding="utf-8")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -123,7 +123,7 @@ def test_serve_starts_with_comma_separated_origins_from_dotenv(tmp_path):
 
 def test_cli_reads_comma_separated_origins_from_the_environment(tmp_path):
     """A real process with the issue's variable set: every command builds the settings first (this one is quick)."""
-    r = subprocess.run([sys.executable, "-m", "app.cli", "tasks", "--tasks-file", str(TEST_TASKS)], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "cli", "tasks", "--tasks-file", str(TEST_TASKS)], cwd=tmp_path,
                        env=_env(FLUX_CORS_ORIGINS="http://a.example,http://b.example"), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -131,7 +131,7 @@ def test_cli_reads_comma_separated_origins_from_the_environment(tmp_path):
 
 
 def test_serve_with_a_bad_setting_prints_one_line_naming_it(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "cli", "serve"], cwd=tmp_path,
                        env=_env(FLUX_CORS_ORIGINS="[http://a.example"), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr

@@ -43,7 +43,7 @@ def run(tmp_path_factory, engine):
     shutil.copy(os.path.join(ROOT, "models", "tasks.toml"), tasks)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
            "FLUX_MODELS_DIR": str(models), "FLUX_MIN_SIZE": "16"}
-    out = subprocess.run([sys.executable, "-m", "app.cli", "train", str(photos), "--name", "red", "--trigger", "ohwx",
+    out = subprocess.run([sys.executable, "-m", "cli", "train", str(photos), "--name", "red", "--trigger", "ohwx",
                           "--task", "red_face"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return {"base": base, "photos": photos, "models": models, "tasks": tasks, "out": out,
@@ -154,10 +154,10 @@ def test_same_seed_and_photos_give_the_same_bytes_and_cancel_then_resume_too(run
 def test_existing_output_and_task_are_not_clobbered(run):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
            "FLUX_MODELS_DIR": str(run["models"]), "FLUX_MIN_SIZE": "16"}
-    again = subprocess.run([sys.executable, "-m", "app.cli", "train", str(run["photos"]), "--name", "red2",
+    again = subprocess.run([sys.executable, "-m", "cli", "train", str(run["photos"]), "--name", "red2",
                             "--trigger", "ohwx", "--task", "red_face"], capture_output=True, text=True, timeout=120,
                            env=env, cwd=ROOT)
     assert again.returncode == 2 and "task 'red_face' already exists" in again.stderr
-    same = subprocess.run([sys.executable, "-m", "app.cli", "train", str(run["photos"]), "--name", "red",
+    same = subprocess.run([sys.executable, "-m", "cli", "train", str(run["photos"]), "--name", "red",
                            "--trigger", "ohwx"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert same.returncode == 2 and "--resume" in same.stderr and "--overwrite" in same.stderr

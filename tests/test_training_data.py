@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-import zipfile
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -114,7 +111,7 @@ def test_register_task_appends_keeps_comments_and_refuses_to_overwrite(tmp_path)
 def test_cli_refuses_bad_data_naming_the_files_before_loading_a_model(tmp_path):
     folder = _bad_folder(tmp_path)
     env = {**os.environ, "FLUX_MODELS_DIR": str(tmp_path / "models")}
-    out = subprocess.run([sys.executable, "-m", "app.cli", "train", str(folder), "--name", "x", "--trigger", "ohwx"],
+    out = subprocess.run([sys.executable, "-m", "cli", "train", str(folder), "--name", "x", "--trigger", "ohwx"],
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2, out.stderr
     assert "error (invalid_dataset)" in out.stderr

@@ -12,11 +12,11 @@ loading, settings and typed errors, and what it writes is exactly what the engin
 imports FastAPI; the HTTP routes run it in a separate process (``training.runs``).
 """
 
-from .config import TrainConfig, preset
-from .dataset import Dataset, load_dataset
-from .errors import DatasetError, DatasetProblem, TrainingConfigError
-from .loop import TrainingOutcome, output_dir_for, train
-from .task_register import register_task
+from training.config import TrainConfig, preset
+from training.dataset import Dataset, load_dataset
+from training.errors import DatasetError, DatasetProblem, TrainingConfigError
+from training.loop import TrainingOutcome, output_dir_for, train
+from training.task_register import check_task_free, register_task
 
 __all__ = ["Dataset", "DatasetError", "DatasetProblem", "TrainConfig", "TrainingConfigError", "TrainingOutcome",
-           "load_dataset", "output_dir_for", "preset", "register_task", "train"]
+           "check_task_free", "load_dataset", "output_dir_for", "preset", "register_task", "train"]

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import TrainingConfigError
+from training.errors import TrainingConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import DatasetError, DatasetProblem
+from training.errors import DatasetError, DatasetProblem
 
 logger = logging.getLogger(__name__)
 

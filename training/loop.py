@@ -30,12 +30,11 @@ from typing import Callable
 
 from pipelines.errors import Cancelled
 from pipelines.settings import Settings
-
-from .config import TARGET_MODULES, TrainConfig
-from .dataset import Dataset
-from .errors import NameTaken, TrainingConfigError
-from .lora_file import WEIGHTS_NAME, adapter_metadata, lora_state_dict, save_lora
-from .samples import write_sample_row, write_sample_sheet
+from training.config import TARGET_MODULES, TrainConfig
+from training.dataset import Dataset
+from training.errors import NameTaken, TrainingConfigError
+from training.lora_file import WEIGHTS_NAME, adapter_metadata, lora_state_dict, save_lora
+from training.samples import write_sample_row, write_sample_sheet
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +104,7 @@ def train(dataset: Dataset, config: TrainConfig, settings: Settings, *, on_event
     from peft import LoraConfig
 
     from pipelines.model_source import MODEL_TYPES, load_pipeline, pick_device, resolve_model_source
-
-    from .data_cache import encode_latents, encode_texts
+    from training.data_cache import encode_latents, encode_texts
 
     emit = on_event or (lambda _e: None)
     out = Path(output_dir) if output_dir is not None else output_dir_for(settings, config.name)

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from pipelines.errors import InvalidRequest, Overloaded
 from pipelines.settings import Settings
-
-from .config import preset
-from .dataset import load_dataset
-from .errors import NameTaken, TrainingConfigError
+from training.config import preset
+from training.dataset import load_dataset
+from training.errors import NameTaken, TrainingConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +117,10 @@ class TrainingRuns:
                         resolutions=[int(r) for r in str(resolutions).split(",")] if resolutions else None)
         task = options.get("task")
         if task:
-            from .cli import _check_task_free
+            from training.task_register import check_task_free
 
-            _check_task_free(self.settings.resolved_tasks_file(), task, bool(options.get("overwrite_task")))
-        from .loop import output_dir_for
+            check_task_free(self.settings.resolved_tasks_file(), task, bool(options.get("overwrite_task")))
+        from training.loop import output_dir_for
 
         out = output_dir_for(self.settings, name)
         if (out / "pytorch_lora_weights.safetensors").exists() or (out / "checkpoints").exists():
@@ -200,7 +199,7 @@ class TrainingRuns:
 
     def file(self, run_id: str, rel: str) -> Path:
         """A file of the run's output folder (samples, report); never outside it."""
-        from .loop import output_dir_for
+        from training.loop import output_dir_for
 
         run = self._read(run_id)
         out = output_dir_for(self.settings, run["name"]).resolve()
@@ -281,7 +280,7 @@ class TrainingRuns:
     def _launch(self, run: dict) -> None:
         folder = self._dir(run["id"])
         s = self.settings
-        cmd = [sys.executable, "-m", "app.cli", "train", str(folder / run["source"]), "--name", run["name"],
+        cmd = [sys.executable, "-m", "cli", "train", str(folder / run["source"]), "--name", run["name"],
                "--trigger", run["trigger"], "--events", str(folder / "events.jsonl"),
                "--cancel-file", str(folder / "cancel"), "--steps", str(run["config"]["steps"]),
                "--rank", str(run["config"]["rank"]), "--alpha", str(run["config"]["alpha"]),

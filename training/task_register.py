@@ -14,14 +14,20 @@ import re
 from pathlib import Path
 
 from pipelines.tasks import load_task_table
-
-from .errors import TrainingConfigError
+from training.errors import NameTaken, TrainingConfigError
 
 _HEADER = re.compile(r"^\s*\[(?P<name>[^\]]+)\]\s*(#.*)?$")
 
 
 def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
+
+
+def check_task_free(tasks_file: Path, task: str, overwrite: bool) -> None:
+    """Refuse a task name the table already has, before any training starts (not after twenty minutes)."""
+    if tasks_file.exists() and not overwrite and task in load_task_table(tasks_file).tasks:
+        raise NameTaken(f"task {task!r} already exists in {tasks_file}; choose another --task or pass "
+                        "--overwrite-task to replace it", param="task")
 
 
 def task_section(task: str, *, lora: str, trigger: str, strength: float, size: int, description: str) -> str:

@@ -1,7 +1,7 @@
 """Durable jobs: the SQLite job store (``store``), what it forgets and when (``retention``), and what runs
 again after a restart (``resume``). The routes and the worker only see ``JobStore``."""
 
-from .resume import pending_jobs
-from .store import JobStore, StoredJob
+from app.jobs.resume import pending_jobs
+from app.jobs.store import JobStore, StoredJob
 
 __all__ = ["JobStore", "StoredJob", "pending_jobs"]

@@ -13,10 +13,9 @@ import logging
 import time
 from dataclasses import fields
 
+from app.jobs.job import Job
 from pipelines.errors import FluxServiceError
 from pipelines.types import GenerationRequest
-
-from ..job import Job
 
 logger = logging.getLogger(__name__)
 

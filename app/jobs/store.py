@@ -24,12 +24,11 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from app.errors import NotFound, StorageError
+from app.jobs import retention
+from app.jobs.job import Job
 from pipelines.errors import ConfigError
 from pipelines.types import GenerationInfo
-
-from ..errors import NotFound, StorageError
-from ..job import Job
-from . import retention
 
 logger = logging.getLogger(__name__)
 

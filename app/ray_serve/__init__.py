@@ -8,6 +8,6 @@ and ``serve_forever(settings, replicas)`` (``flux-service serve --ray``). Everyt
 Import this package only where Ray is installed (``pip install -e '.[ray]'``).
 """
 
-from .launch import build_app, serve_forever
+from app.ray_serve.launch import build_app, serve_forever
 
 __all__ = ["build_app", "serve_forever"]

@@ -17,23 +17,26 @@ class RayBackend:
         self.handle = handle
 
     def load_engine(self, settings):
-        from .planning import planning_engine
+        from app.ray_serve.planning import planning_engine
 
         return planning_engine(settings)
 
     def make_worker(self, engine, queue_size: int, metrics, journal=None):
-        from .ray_worker import RayWorker
+        from app.ray_serve.ray_worker import RayWorker
 
         return RayWorker(self.handle, engine, queue_size, metrics, journal=journal)
 
 
 @serve.ingress()
 class FluxIngress:
-    def __init__(self, engine_handle, settings) -> None:
+    def __init__(self, engine_handle, settings, extend_app=None) -> None:
         self._handle = engine_handle
         self._settings = settings
+        #: optional ``callable(app) -> app`` applied to the built app (the tests add their routes this way)
+        self._extend_app = extend_app
 
     def __serve_build_asgi_app__(self):
-        from app.main import create_app
+        from app.http.factory import create_app
 
-        return create_app(self._settings, backend=RayBackend(self._handle))
+        app = create_app(self._settings, backend=RayBackend(self._handle))
+        return self._extend_app(app) if self._extend_app is not None else app

@@ -23,11 +23,11 @@ def build_app(args: dict):
     return _build(args, load_settings())
 
 
-def _build(args: dict | None, settings):
+def _build(args: dict | None, settings, extend_app=None):
     from ray import serve
 
-    from .engine_deployment import _cuda, engine_deployment
-    from .ingress import FluxIngress
+    from app.ray_serve.engine_deployment import _cuda, engine_deployment
+    from app.ray_serve.ingress import FluxIngress
 
     args = dict(args or {})
     replicas = int(args.get("replicas", settings.ray_replicas))
@@ -42,12 +42,13 @@ def _build(args: dict | None, settings):
     ).bind(settings)
     ingress = serve.deployment(FluxIngress, name="FluxIngress", num_replicas=1, max_ongoing_requests=1000,
                                ray_actor_options={"num_cpus": 0})
-    return ingress.bind(engine, settings)
+    return ingress.bind(engine, settings, extend_app)
 
 
-def start(settings, replicas: int, *, num_cpus: int | None = None, blocking: bool = False):
+def start(settings, replicas: int, *, num_cpus: int | None = None, blocking: bool = False, extend_app=None):
     """Start (or join, with ``RAY_ADDRESS``) Ray, start Serve's HTTP proxy on FLUX_HOST:FLUX_PORT and
-    deploy the app; returns once every replica is ready."""
+    deploy the app; returns once every replica is ready. ``extend_app``: an importable ``callable(app) -> app``
+    applied to the ingress's app (tests add their routes with it)."""
     import ray
     from ray import serve
 
@@ -55,7 +56,7 @@ def start(settings, replicas: int, *, num_cpus: int | None = None, blocking: boo
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     started = time.perf_counter()
-    serve.run(_build({"replicas": replicas}, settings), name=APP_NAME, route_prefix="/",
+    serve.run(_build({"replicas": replicas}, settings, extend_app), name=APP_NAME, route_prefix="/",
               blocking=blocking)
     logger.info("Ray Serve: %d engine replica(s) ready in %.1fs on http://%s:%d", replicas,
                 time.perf_counter() - started, settings.host, settings.port)

@@ -41,7 +41,7 @@ class PassThroughPrompts:
     change. The replica's result reports the prompt stage as in one process."""
 
     def apply(self, prompt: str, mode: str):
-        from pipelines.prompt_stage import StagedPrompt
+        from pipelines.prompt.stage import StagedPrompt
 
         return StagedPrompt(mode=mode, original=prompt, english=prompt)
 

@@ -25,12 +25,11 @@ import time
 
 from prometheus_client import Counter, Histogram
 
+from app.errors import NotReady, RetryLater
+from app.jobs.worker import Worker
 from pipelines import errors as pipeline_errors
 from pipelines.errors import Cancelled, DeadlineExceeded, FluxServiceError
 from pipelines.types import GenerationInfo
-
-from ..errors import NotReady, RetryLater
-from ..worker import Worker
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,42 @@
+"""From an HTTP request to a queued ``Job``: parse, validate against the model, fix the seed, enqueue.
+
+Shared by ``/api/generate-image`` and ``/api/jobs`` so both give the same 422s for the same input, and a bad
+request is refused before it takes a place in the queue (let alone the GPU). The seed is drawn here, at
+submission, so a job's seed is known while it waits and the same request can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from app.http.deps import engine_of, worker_of
+from app.http.request_body import read_params
+from app.jobs.job import Job
+from pipelines.errors import FluxServiceError
+
+
+async def submit(request: Request, kind: str) -> Job:
+    metrics = request.app.state.metrics
+    try:
+        engine = engine_of(request)
+        worker = worker_of(request)
+        params = await read_params(request, request.app.state.params_model)
+        req = params.to_request(engine.tasks.names(), [t.name for t in engine.task_infos() if t.adapter_name])
+        plan = engine.plan(req)
+        req = dataclasses.replace(req, seed=plan.seed, width=plan.width, height=plan.height,
+                                  num_inference_steps=plan.num_inference_steps)
+        job = Job(request=req, kind=kind, total=plan.num_inference_steps,
+                  deadline=time.monotonic() + request.app.state.settings.request_timeout_s,
+                  adapter=plan.adapter.name if plan.adapter else None, lora_scale=plan.lora_scale)
+        worker.submit(job)
+    except FluxServiceError as exc:
+        metrics.requests.labels(kind, exc.type).inc()
+        raise
+    except ValidationError:
+        metrics.requests.labels(kind, "invalid_request").inc()
+        raise
+    return job

@@ -1,0 +1,249 @@
+"""``FusedAdapters``: LoRA merged into the base weights, restored exactly from a backup copy.
+
+Why: unfused PEFT layers cost about +12% per denoising step on an H100 (shared/ANCHORS.md) and wrap every
+targeted linear layer, which makes ``torch.compile`` slow to compile and recompile whenever a scale changes.
+Here no module is ever wrapped: on activation each touched weight becomes
+
+    W = cast(float32(W0) + sum_i s_i * scale_i * (B_i @ A_i))       (computed in float32, cast once)
+
+and a weight that no active LoRA touches is put back by a plain copy of its backup ``W0``. So
+
+- strength 0 (or no LoRA) is bit-identical to the base model, and switching back and forth leaves no
+  residue: every state is computed from ``W0``, never by subtracting a delta (``unfuse_lora`` drifts in bf16);
+- the forward graph never changes: a compiled transformer sees new weight *values* only, never recompiles;
+- the step costs what the base model costs; a switch costs one copy + one rank-r matmul per touched weight
+  (17.7 ms for 342 weights of FLUX.1-dev on an H100, shared/ANCHORS.md).
+
+The price is the backup: one copy of every weight any resident LoRA touches (about 10 GiB in bf16 for a
+typical attention + feed-forward LoRA on FLUX.1-dev). ``FLUX_FUSED_BACKUP`` says where it lives:
+
+- ``device``: on the GPU; a restore is a device-to-device copy (fast), the memory is gone for activations;
+- ``cpu``: in pinned host memory; a restore crosses PCIe (about 10 GiB at ~25 GB/s: ~0.4 s for a full restore,
+  paid only for the weights that change), GPU memory stays free;
+- ``auto`` (default): on the GPU while at least ``_DEVICE_RESERVE_FRACTION`` of it stays free, else pinned
+  host memory, decided per weight as LoRAs are loaded. On a CPU-only machine both are plain host memory.
+
+Text-encoder LoRA tensors (``text_encoder.<module>.lora_A/B.weight``) are fused the same way into the pipeline's
+``text_encoder``. DoRA adapters and LoRA biases are refused here (fusing DoRA exactly needs the column norms
+of every merged weight); use ``FLUX_ADAPTERS=peft`` for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from pipelines.errors import AdapterError, AdapterMismatch
+from pipelines.lora.files import check_fits, linear_shapes
+from pipelines.lora.weights import LoraWeights
+
+logger = logging.getLogger(__name__)
+
+_KEY = re.compile(r"^(?P<comp>transformer|text_encoder|text_encoder_2)\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
+#: auto backup: keep a backup on the GPU only while this share of its memory stays free afterwards
+_DEVICE_RESERVE_FRACTION = 0.25
+
+Target = tuple[tuple[str, float], ...]
+
+
+@dataclass
+class _Delta:
+    key: tuple[str, str]  # (component, module name)
+    a: object  # torch.Tensor (r, in), float32, on the weight's device
+    b: object  # torch.Tensor (out, r), float32, on the weight's device
+    scale: float  # the LoRA's own scale at strength 1.0 (alpha / r ...)
+
+
+class FusedAdapters:
+    """Exact fused switching: ``activate_set`` rewrites only the touched weights, from their backup."""
+
+    kind = "fused"
+
+    def __init__(self, pipe, backup: str = "auto") -> None:
+        if backup not in ("auto", "device", "cpu"):
+            raise ValueError(f"backup must be auto, device or cpu, got {backup!r}")
+        self._pipe = pipe
+        self._backup_mode = backup
+        self._deltas: dict[str, list[_Delta]] = {}
+        self._weights: dict[tuple[str, str], object] = {}  # key -> the nn.Linear's weight Parameter
+        self._backup: dict[tuple[str, str], object] = {}  # key -> W0 (device or pinned host)
+        self._dirty: set[tuple[str, str]] = set()  # weights that differ from W0 right now
+        self._active: Target = ()
+        self._known = True
+        self._switches = 0
+
+    # ------------------------------------------------------------------ state
+    @property
+    def active(self) -> tuple[str, float] | None:
+        """The first active (name, scale), or None: the single-LoRA view older callers read."""
+        return self._active[0] if self._active else None
+
+    @property
+    def active_set(self) -> Target:
+        return self._active
+
+    @property
+    def switches(self) -> int:
+        return self._switches
+
+    def backup_bytes(self) -> dict[str, int]:
+        """Bytes of backup held on the device and on the host: the memory price of this strategy."""
+        out = {"device": 0, "host": 0}
+        for t in self._backup.values():
+            out["host" if t.device.type == "cpu" else "device"] += t.numel() * t.element_size()
+        return out
+
+    # ------------------------------------------------------------------ load
+    def load(self, name: str, lora: LoraWeights) -> None:
+        import torch
+
+        if name in self._deltas:
+            raise AdapterError(f"adapter name {name!r} is already loaded", path=str(lora.path))
+        cfg = lora.config or {}
+        if cfg.get("use_dora") or any("lora_magnitude_vector" in k for k in lora.state_dict):
+            raise AdapterMismatch(f"LoRA {lora.path} is a DoRA adapter; the fused strategy does not fuse DoRA "
+                                  "(its magnitude needs the norm of every merged weight). Start the service with "
+                                  "FLUX_ADAPTERS=peft to use it", path=str(lora.path))
+        bias = [k for k in lora.state_dict if k.endswith(".lora_B.bias")]
+        if bias:
+            raise AdapterMismatch(f"LoRA {lora.path} carries LoRA biases ({bias[0]}, ...), which the fused strategy "
+                                  "does not merge; start the service with FLUX_ADAPTERS=peft", path=str(lora.path))
+        if all(k.startswith("transformer.") for k in lora.state_dict):
+            check_fits(lora, linear_shapes(self._pipe.transformer))  # the same messages as the PEFT strategy
+        pairs = self._pairs(lora)
+        factors = lora.scale_factors()  # the very numbers PEFT's layers hold as ``scaling`` (lora_files.py)
+        deltas: list[_Delta] = []
+        new_backups: list[tuple[str, str]] = []
+        try:
+            with torch.no_grad():
+                for key, (a, b) in pairs.items():
+                    weight = self._weight(key, lora)
+                    if a.shape[0] != b.shape[1]:
+                        raise AdapterMismatch(f"LoRA {lora.path}: {key[0]}.{key[1]} has lora_A rank {a.shape[0]} "
+                                              f"but lora_B rank {b.shape[1]}", path=str(lora.path))
+                    if key not in self._backup:
+                        self._backup[key] = self._make_backup(weight)
+                        self._weights[key] = weight
+                        new_backups.append(key)
+                    dev = weight.device
+                    deltas.append(_Delta(key=key, a=a.to(dev, torch.float32).contiguous(),
+                                         b=b.to(dev, torch.float32).contiguous(),
+                                         scale=factors[f"{key[0]}.{key[1]}"]))
+        except BaseException:
+            for key in new_backups:  # leave no half-loaded state behind
+                if key not in self._dirty:
+                    self._backup.pop(key, None)
+                    self._weights.pop(key, None)
+            raise
+        self._deltas[name] = deltas
+
+    def unload(self, name: str) -> None:
+        """Free ``name`` (a Ray replica's LRU of LoRAs, app/ray_serve): taken out of the active set first (its
+        weights rebuilt from ``W0`` like any switch), then its factors and every backup no other resident LoRA
+        needs are dropped. Afterwards the model is exactly what it would be had ``name`` never been loaded."""
+        if name not in self._deltas:
+            raise AdapterError(f"adapter {name!r} is not loaded")
+        if any(n == name for n, _ in self._active):
+            self.activate_set([(n, s) for n, s in self._active if n != name])
+        del self._deltas[name]
+        still_needed = {d.key for deltas in self._deltas.values() for d in deltas}
+        for key in list(self._backup):
+            if key not in still_needed and key not in self._dirty:
+                del self._backup[key], self._weights[key]
+
+    def _pairs(self, lora: LoraWeights) -> dict[tuple[str, str], tuple]:
+        found: dict[tuple[str, str], dict] = {}
+        unmatched = []
+        for k, tensor in lora.state_dict.items():
+            m = _KEY.match(k)
+            if not m:
+                unmatched.append(k)
+                continue
+            found.setdefault((m.group("comp"), m.group("module")), {})[m.group("which")] = tensor
+        half = [f"{c}.{mod}" for (c, mod), ab in found.items() if len(ab) != 2]
+        if unmatched or half:
+            what = (f"{len(unmatched)} tensors are not LoRA A/B weights (e.g. {', '.join(unmatched[:3])})"
+                    if unmatched else f"{len(half)} layers have only one of lora_A/lora_B (e.g. {half[0]})")
+            raise AdapterMismatch(f"LoRA {lora.path}: {what}", path=str(lora.path))
+        return {key: (ab["A"], ab["B"]) for key, ab in found.items()}
+
+    def _weight(self, key: tuple[str, str], lora: LoraWeights):
+        import torch
+
+        comp, module_name = key
+        component = getattr(self._pipe, comp, None)
+        module = dict(component.named_modules()).get(module_name) if component is not None else None
+        if not isinstance(module, torch.nn.Linear):
+            raise AdapterMismatch(f"LoRA {lora.path}: {comp}.{module_name} is not a linear layer of the loaded "
+                                  "model (it was probably made for another base model)", path=str(lora.path))
+        a, b = (lora.state_dict[f"{comp}.{module_name}.lora_{w}.weight"] for w in "AB")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != module.in_features or b.shape[0] != module.out_features:
+            raise AdapterMismatch(f"LoRA {lora.path}: {comp}.{module_name} A{tuple(a.shape)} B{tuple(b.shape)} does "
+                                  f"not fit the layer ({module.in_features} -> {module.out_features})",
+                                  path=str(lora.path))
+        return module.weight
+
+    def _make_backup(self, weight):
+        import torch
+
+        if weight.device.type == "cpu":
+            return weight.detach().clone()
+        on_device = self._backup_mode == "device"
+        if self._backup_mode == "auto":
+            free, total = torch.cuda.mem_get_info(weight.device)
+            on_device = free - weight.numel() * weight.element_size() > _DEVICE_RESERVE_FRACTION * total
+        if on_device:
+            return weight.detach().clone()
+        host = torch.empty(weight.shape, dtype=weight.dtype, device="cpu", pin_memory=True)
+        host.copy_(weight.detach())
+        return host
+
+    # ------------------------------------------------------------------ activate
+    def activate(self, name: str | None, scale: float) -> None:
+        self.activate_set([] if name is None else [(name, scale)])
+
+    def activate_set(self, items) -> None:
+        """Make exactly ``items`` [(name, scale), ...] active; scale-0 entries are dropped; [] = base model."""
+        target: Target = tuple((n, float(s)) for n, s in items if float(s) != 0.0)
+        if target == self._active and self._known:
+            return
+        for n, _ in target:
+            if n not in self._deltas:
+                raise AdapterError(f"adapter {n!r} is not loaded")
+        self._known = False
+        try:
+            self._apply(target)
+        except BaseException:
+            self._restore_all()
+            raise
+        self._active, self._known = target, True
+        self._switches += 1
+
+    def _apply(self, target: Target) -> None:
+        import torch
+
+        wanted: dict[tuple[str, str], list[tuple[_Delta, float]]] = {}
+        for name, strength in target:
+            for d in self._deltas[name]:
+                wanted.setdefault(d.key, []).append((d, strength * d.scale))
+        with torch.no_grad():
+            for key in self._dirty - set(wanted):
+                self._weights[key].copy_(self._backup[key], non_blocking=True)
+            for key, terms in wanted.items():
+                weight = self._weights[key]
+                merged = self._backup[key].to(device=weight.device, dtype=torch.float32, copy=True)
+                for d, s in terms:
+                    merged.addmm_(d.b, d.a, alpha=s)
+                weight.copy_(merged)  # the one cast to the model's dtype
+        self._dirty = set(wanted)
+
+    def _restore_all(self) -> None:
+        """After a failed switch: every weight back to W0, the base model active (state known again)."""
+        import torch
+
+        with torch.no_grad():
+            for key in list(self._dirty | set(self._backup)):
+                self._weights[key].copy_(self._backup[key])
+        self._dirty, self._active, self._known = set(), (), True
+        logger.error("a LoRA switch failed; every fused weight was restored to the base model")

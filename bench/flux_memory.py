@@ -11,6 +11,8 @@ second on any machine, and the README/docs figures come from its output.
 What it prints:
 
 - transformer, T5-XXL encoder, CLIP-L, VAE: their parameters and buffers;
+- the bytes one fused task switch moves (read + written, counted by running the fused strategy's own code on
+  the meta weights, bench/traffic.py), and what the former float32 round trip moved;
 - the fused strategy's backup for one LoRA (FLUX_ADAPTERS=fused): one copy of every weight the LoRA touches,
   for each target set (bench/flux_arch.py: attention only, attention + feed-forward, our trainer's
   TARGET_MODULES), plus the LoRA's own factors as the fused strategy keeps them (the weights' dtype);
@@ -57,6 +59,39 @@ def backup_figures(transformer, which: str, rank: int) -> dict:
             "backup_bytes": backup, "factor_bytes": factors, "lora_params": lora_params}
 
 
+def switch_traffic(transformer, which: str, rank: int) -> dict:
+    """Bytes one task switch (LoRA one -> LoRA two, same targets) moves, counted with bench/traffic.py on the meta
+    device: the fused strategy's own code (pipelines/lora/fused_adapters.py), and the former arithmetic (backup
+    to float32, add ``B @ A``, cast back) on the same weights for comparison."""
+    import torch
+
+    from bench.flux_arch import random_lora
+    from bench.traffic import Traffic
+    from pipelines.lora.fused_adapters import FusedAdapters
+
+    class _Holder:  # what FusedAdapters reads from a pipeline
+        pass
+
+    holder = _Holder()
+    holder.transformer = transformer
+    adapters = FusedAdapters(holder)
+    for name, seed in (("one", 1), ("two", 2)):
+        adapters.load(name, random_lora(transformer, rank, seed, which))
+    adapters.activate_set([("one", 0.7)])
+    with Traffic() as now:
+        adapters.activate_set([("two", 0.7)])
+    with Traffic() as former, torch.no_grad():
+        for d in adapters._deltas["one"]:  # the same weights, the former arithmetic
+            weight = adapters._weights[d.key]
+            merged = adapters._backup[d.key].to(dtype=torch.float32, copy=True)
+            merged.addmm_(d.b.float(), d.a.float(), alpha=0.7 * d.scale)
+            weight.copy_(merged)
+    adapters.activate_set([])
+    params = sum(adapters._weights[d.key].numel() for d in adapters._deltas["two"])
+    return {"targets": which, "rank": rank, "params": params, "bytes": now.total,
+            "float32_bytes": now.by_dtype.get("float32", 0), "former_bytes": former.total}
+
+
 def checkpoint_input_bytes(transformer, size: int, text_tokens: int, element_size: int) -> int:
     """Bytes the gradient-checkpointed transformer keeps between forward and backward: each block's inputs
     (image-token and text-token hidden states, batch 1) at ``size`` x ``size``."""
@@ -83,6 +118,7 @@ def measure(rank: int = 16, which: list[str] | None = None, size: int = 1024, dt
     p = out["parts"]
     out["serving_bytes"] = sum(v["bytes"] for v in p.values())
     out["backup"] = [backup_figures(parts["transformer"], w, rank) for w in (which or TARGET_SETS)]
+    out["switch"] = switch_traffic(parts["transformer"], "attn+ff", rank)
     lora = backup_figures(parts["transformer"], "trainer", rank)
     element = torch.empty((), dtype=dtype).element_size()
     trainer = {
@@ -115,6 +151,12 @@ def render(m: dict) -> str:
               "|---|---:|---:|---:|"]
     for b in m["backup"]:
         lines.append(f"| {b['targets']} | {b['weights']} | {_gib(b['backup_bytes'])} | {_gib(b['factor_bytes'])} |")
+    sw = m["switch"]
+    lines += ["", f"One task switch between two rank-{sw['rank']} {sw['targets']} LoRAs ({sw['params'] / 1e9:.2f} B "
+              f"parameters rewritten), bytes read + written, counted (bench/traffic.py): in the weights' dtype "
+              f"(copy in + addmm_) {sw['bytes'] / 1e9:.1f} GB ({sw['bytes'] / sw['params']:.1f} bytes/parameter, "
+              f"float32 traffic {sw['float32_bytes'] / 1e9:.1f} GB); the former float32 round trip "
+              f"{sw['former_bytes'] / 1e9:.1f} GB ({sw['former_bytes'] / sw['params']:.1f} bytes/parameter)."]
     lines += ["", "| trainer (flux-service train, LoRA on TARGET_MODULES) | GiB |", "|---|---:|",
               f"| LoRA parameters ({t['lora_params'] / 1e6:.1f} M) + gradients + AdamW moments, float32 | "
               f"{_gib(t['lora_state_bytes'])} |",

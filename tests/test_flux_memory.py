@@ -31,6 +31,14 @@ def test_fused_backup_of_the_usual_lora_is_342_weights_and_about_ten_gib(full):
     assert by_set["attn"]["backup_bytes"] < by_set["attn+ff"]["backup_bytes"] < by_set["trainer"]["backup_bytes"]
 
 
+def test_a_full_size_switch_moves_8_bytes_per_parameter_in_bf16_not_20(full):
+    """The fused strategy's own switch, run on the meta-device FLUX.1-dev weights and counted (bench/traffic.py)."""
+    sw = full["switch"]
+    assert round(sw["params"] / 1e9, 2) == 5.38  # the 342 attention + feed-forward weights
+    assert sw["float32_bytes"] == 0
+    assert round(sw["bytes"] / sw["params"]) == 8 and round(sw["former_bytes"] / sw["params"]) == 20
+
+
 @pytest.mark.parametrize("which", ["attn+ff", "trainer"])
 def test_backup_figure_is_what_the_fused_strategy_holds(engine, which):
     """The script's formula against ``FusedAdapters.backup_bytes()`` after loading such a LoRA (demo model)."""

@@ -9,8 +9,9 @@ are not collected at all (no skips).
 
 What is checked, per device: strength 0 equals the base model bit for bit; switching LoRAs and strengths
 back and forth leaves every transformer weight bit-identical to the start; no compilation after warm-up
-across switches; live previews; and on CUDA only, a real out-of-memory in the middle of a generation is
-answered 503 with the JSON envelope while the service keeps serving.
+across switches; live previews; and on CUDA only, switching with the backup in pinned host memory
+(FLUX_FUSED_BACKUP=cpu) stays exact, and a real out-of-memory in the middle of a generation is answered 503
+with the JSON envelope while the service keeps serving.
 """
 
 from __future__ import annotations
@@ -124,6 +125,34 @@ def test_live_previews_on_the_device(smoke):
 
 
 if "cuda" in DEVICES:
+    @pytest.mark.parametrize("smoke", ["cuda"], indirect=True)  # the CUDA engine only
+    def test_pinned_host_backup_switches_exactly_on_cuda(smoke):
+        """FLUX_FUSED_BACKUP=cpu: the backup in pinned host memory, copied back without blocking the host."""
+        import torch
+        from diffusers import FluxPipeline
+
+        from pipelines.lora.files import read_lora
+        from pipelines.lora.fused_adapters import FusedAdapters
+
+        engine, _, _ = smoke
+        pipe = FluxPipeline.from_pretrained(str(engine.source.path), torch_dtype=torch.bfloat16,
+                                            local_files_only=True).to("cuda")
+        pristine = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+        adapters = FusedAdapters(pipe, backup="cpu")
+        adapters.load("demo", read_lora(engine.source.models_root / "lora" / "host_person" /
+                                        "pytorch_lora_weights.safetensors"))
+        held = adapters.backup_bytes()
+        assert held["host"] > 0 and held["device"] == 0
+        assert all(b.is_pinned() for b in adapters._backup.values())
+        adapters.activate_set([("demo", 0.8)])
+        first = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+        assert any(not torch.equal(first[n], pristine[n]) for n in pristine)
+        adapters.activate_set([("demo", 1.3)])
+        adapters.activate_set([])
+        assert all(torch.equal(p, pristine[n]) for n, p in pipe.transformer.named_parameters())
+        adapters.activate_set([("demo", 0.8)])
+        assert all(torch.equal(p, first[n]) for n, p in pipe.transformer.named_parameters())
+
     @pytest.mark.parametrize("smoke", ["cuda"], indirect=True)  # the CUDA engine only
     def test_cuda_out_of_memory_is_a_503_and_the_service_keeps_serving(smoke):
         """A real CUDA OOM: almost all free GPU memory is taken, then a request needs more (its VAE decode

@@ -4,22 +4,31 @@ Why: unfused PEFT layers cost about +12% per denoising step on an H100 (shared/A
 targeted linear layer, which makes ``torch.compile`` slow to compile and recompile whenever a scale changes.
 Here no module is ever wrapped: on activation each touched weight becomes
 
-    W = cast(float32(W0) + sum_i s_i * scale_i * (B_i @ A_i))       (computed in float32, cast once)
+    W = W0 + sum_i s_i * scale_i * (B_i @ A_i)        (in W's own dtype: float32 accumulation, one rounding)
 
-and a weight that no active LoRA touches is put back by a plain copy of its backup ``W0``. So
+computed as ``W.copy_(W0); W.addmm_(B, A, alpha=s)``: the backup is copied in, then one matrix product adds the
+LoRA inside the GEMM kernel, which accumulates in float32 and rounds once into the weight's dtype (bf16 on a
+GPU). Several LoRAs on one weight have their ranks stacked, ``[B_1 | B_2] @ [s_1 A_1 ; s_2 A_2]``: still one
+``addmm_``, one rounding. The LoRA factors are kept in the weight's dtype, as PEFT keeps them. A weight that no
+active LoRA touches is put back by a plain copy of ``W0``. So
 
 - strength 0 (or no LoRA) is bit-identical to the base model, and switching back and forth leaves no
   residue: every state is computed from ``W0``, never by subtracting a delta (``unfuse_lora`` drifts in bf16);
 - the forward graph never changes: a compiled transformer sees new weight *values* only, never recompiles;
-- the step costs what the base model costs; a switch costs one copy + one rank-r matmul per touched weight
-  (17.7 ms for 342 weights of FLUX.1-dev on an H100, shared/ANCHORS.md).
+- the step costs what the base model costs; a switch is memory-bound and moves each touched weight once each
+  way twice (copy in, ``addmm_``): 8 bytes per bf16 parameter, about 43 GB for the 342 weights (5.4 B
+  parameters) of a rank-16 attention + feed-forward LoRA on FLUX.1-dev. The former arithmetic (backup to
+  float32, add, cast back) moved 20 bytes per parameter, 108 GB (tests/test_fused_switch_bytes.py counts them).
+  The anchor's fused exact switch: 17.7 ms for those 342 weights on an H100 (shared/ANCHORS.md).
 
-The price is the backup: one copy of every weight any resident LoRA touches (about 10 GiB in bf16 for a
-typical attention + feed-forward LoRA on FLUX.1-dev). ``FLUX_FUSED_BACKUP`` says where it lives:
+The price is the backup: one copy of every weight any resident LoRA touches (10.0 GiB in bf16 for a rank-16
+attention + feed-forward LoRA on FLUX.1-dev, 16.0 GiB for our trainer's targets: bench/flux_memory.py).
+``FLUX_FUSED_BACKUP`` says where it lives:
 
 - ``device``: on the GPU; a restore is a device-to-device copy (fast), the memory is gone for activations;
-- ``cpu``: in pinned host memory; a restore crosses PCIe (about 10 GiB at ~25 GB/s: ~0.4 s for a full restore,
-  paid only for the weights that change), GPU memory stays free;
+- ``cpu``: in pinned host memory, in the weight's dtype; a restore is an asynchronous copy from pinned memory
+  (``non_blocking``: a DMA over PCIe, about 10 GiB at ~25 GB/s: ~0.4 s for a full restore, paid only for the
+  weights that change), any conversion happens on the device; GPU memory stays free;
 - ``auto`` (default): on the GPU while at least ``_DEVICE_RESERVE_FRACTION`` of it stays free, else pinned
   host memory, decided per weight as LoRAs are loaded. On a CPU-only machine both are plain host memory.
 
@@ -50,8 +59,8 @@ Target = tuple[tuple[str, float], ...]
 @dataclass
 class _Delta:
     key: tuple[str, str]  # (component, module name)
-    a: object  # torch.Tensor (r, in), float32, on the weight's device
-    b: object  # torch.Tensor (out, r), float32, on the weight's device
+    a: object  # torch.Tensor (r, in), in the weight's dtype, on the weight's device
+    b: object  # torch.Tensor (out, r), in the weight's dtype, on the weight's device
     scale: float  # the LoRA's own scale at strength 1.0 (alpha / r ...)
 
 
@@ -127,8 +136,8 @@ class FusedAdapters:
                         self._weights[key] = weight
                         new_backups.append(key)
                     dev = weight.device
-                    deltas.append(_Delta(key=key, a=a.to(dev, torch.float32).contiguous(),
-                                         b=b.to(dev, torch.float32).contiguous(),
+                    deltas.append(_Delta(key=key, a=a.to(dev, weight.dtype).contiguous(),
+                                         b=b.to(dev, weight.dtype).contiguous(),
                                          scale=factors[f"{key[0]}.{key[1]}"]))
         except BaseException:
             for key in new_backups:  # leave no half-loaded state behind
@@ -187,7 +196,7 @@ class FusedAdapters:
     def _make_backup(self, weight):
         import torch
 
-        if weight.device.type == "cpu":
+        if weight.device.type != "cuda":  # CPU (and the meta device of bench/flux_memory.py): a plain copy
             return weight.detach().clone()
         on_device = self._backup_mode == "device"
         if self._backup_mode == "auto":
@@ -231,11 +240,7 @@ class FusedAdapters:
             for key in self._dirty - set(wanted):
                 self._weights[key].copy_(self._backup[key], non_blocking=True)
             for key, terms in wanted.items():
-                weight = self._weights[key]
-                merged = self._backup[key].to(device=weight.device, dtype=torch.float32, copy=True)
-                for d, s in terms:
-                    merged.addmm_(d.b, d.a, alpha=s)
-                weight.copy_(merged)  # the one cast to the model's dtype
+                _merge(self._weights[key], self._backup[key], terms)
         self._dirty = set(wanted)
 
     def _restore_all(self) -> None:
@@ -247,3 +252,20 @@ class FusedAdapters:
                 self._weights[key].copy_(self._backup[key])
         self._dirty, self._active, self._known = set(), (), True
         logger.error("a LoRA switch failed; every fused weight was restored to the base model")
+
+
+def _merge(weight, backup, terms: list[tuple[_Delta, float]]) -> None:
+    """``weight <- W0 + sum_i s_i * B_i @ A_i`` in the weight's own dtype, moving each byte as few times as possible:
+    the backup is copied in (from pinned host memory without blocking the host), then one ``addmm_`` (float32
+    accumulation inside the kernel, one rounding). Several LoRAs: ranks stacked, each strength folded into its
+    ``A`` (an elementwise product computed in float32 and rounded once, on a tensor of rank x in_features)."""
+    import torch
+
+    weight.copy_(backup, non_blocking=True)
+    if len(terms) == 1:
+        d, s = terms[0]
+        weight.addmm_(d.b, d.a, alpha=s)
+        return
+    b = torch.cat([d.b for d, _ in terms], dim=1)
+    a = torch.cat([d.a * s for d, s in terms], dim=0)
+    weight.addmm_(b, a)

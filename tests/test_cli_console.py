@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from app.http.access_log import HealthCheckFilter
+from tests.conftest import CPU_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
@@ -33,6 +34,7 @@ def _demo_built(engine):
 
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_") and k != "PYTHONWARNINGS"}
+    env.update(CPU_ENV)
     env.update(FLUX_MIN_SIZE="16", PYTHONUNBUFFERED="1", **extra)
     return env
 

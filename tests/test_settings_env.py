@@ -18,11 +18,13 @@ import pytest
 
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings, load_settings
+from tests.conftest import CPU_ENV
 from tests.http_support import ROOT, TEST_TASKS, _free_port
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}
+    env.update(CPU_ENV)
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env

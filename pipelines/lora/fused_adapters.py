@@ -103,6 +103,22 @@ class FusedAdapters:
             out["host" if t.device.type == "cpu" else "device"] += t.numel() * t.element_size()
         return out
 
+    def device_backup_needed(self, component: str, module_names) -> int:
+        """Bytes of accelerator memory a LoRA on ``module_names`` of ``component`` would add to the backup:
+        its weights not backed up yet, when the backup may live on the device (``device``; ``auto`` counted
+        as device: it prefers the GPU). 0 with ``FLUX_FUSED_BACKUP=cpu`` or for weights in host memory. The
+        training admission counts it for the LoRA a training will register (training/runs.py)."""
+        if self._backup_mode == "cpu":
+            return 0
+        modules = dict(getattr(self._pipe, component).named_modules())
+        total = 0
+        for name in module_names:
+            weight = getattr(modules.get(name), "weight", None)
+            if weight is None or (component, name) in self._backup or weight.device.type == "cpu":
+                continue
+            total += weight.numel() * weight.element_size()
+        return total
+
     # ------------------------------------------------------------------ load
     def load(self, name: str, lora: LoraWeights) -> None:
         import torch

@@ -89,7 +89,8 @@ def switch_traffic(transformer, which: str, rank: int) -> dict:
     adapters.activate_set([])
     params = sum(adapters._weights[d.key].numel() for d in adapters._deltas["two"])
     return {"targets": which, "rank": rank, "params": params, "bytes": now.total,
-            "float32_bytes": now.by_dtype.get("float32", 0), "former_bytes": former.total}
+            "float32_bytes": now.by_dtype.get("float32", 0), "former_bytes": former.total,
+            "former_float32_bytes": former.by_dtype.get("float32", 0)}
 
 
 def checkpoint_input_bytes(transformer, size: int, text_tokens: int, element_size: int) -> int:
@@ -156,7 +157,8 @@ def render(m: dict) -> str:
               f"parameters rewritten), bytes read + written, counted (bench/traffic.py): in the weights' dtype "
               f"(copy in + addmm_) {sw['bytes'] / 1e9:.1f} GB ({sw['bytes'] / sw['params']:.1f} bytes/parameter, "
               f"float32 traffic {sw['float32_bytes'] / 1e9:.1f} GB); the former float32 round trip "
-              f"{sw['former_bytes'] / 1e9:.1f} GB ({sw['former_bytes'] / sw['params']:.1f} bytes/parameter)."]
+              f"{sw['former_bytes'] / 1e9:.1f} GB ({sw['former_bytes'] / sw['params']:.1f} bytes/parameter, float32 traffic "
+              f"{sw['former_float32_bytes'] / 1e9:.1f} GB)."]
     lines += ["", "| trainer (flux-service train, LoRA on TARGET_MODULES) | GiB |", "|---|---:|",
               f"| LoRA parameters ({t['lora_params'] / 1e6:.1f} M) + gradients + AdamW moments, float32 | "
               f"{_gib(t['lora_state_bytes'])} |",

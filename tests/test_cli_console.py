@@ -63,7 +63,8 @@ def test_serve_starts_without_third_party_noise_and_does_not_log_health_polls(tm
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT,
-                                env=_env(), stdout=log, stderr=subprocess.STDOUT)
+                                env=_env(FLUX_DATA_DIR=str(tmp_path / "data")),  # not the user's job store
+                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -63,6 +63,7 @@ def _print_info(info, path: Path) -> None:
     if info.prompt != info.prompt_original:
         print(f"prompt sent: {info.prompt}  (translate={info.translate}"
               + (f", translator: {info.translator}" if info.translator else "")
+              + (f", {info.dictionary}" if info.dictionary else "")
               + f"; T5 unknown {info.t5_unknown_before:.0%} -> {info.t5_unknown_after:.0%})")
     for w in info.warnings:
         warn(w)
@@ -143,8 +144,9 @@ def gen_opts(sp, task_required: bool):
     sp.add_argument("--guidance", type=float, help="guidance_scale")
     sp.add_argument("--seed", type=int, help="random when omitted (always printed)")
     sp.add_argument("--translate", choices=["auto", "glossary", "off"],
-                    help="Chinese prompts: auto = glossary, then the translation model for what T5 cannot read; "
-                         "glossary = glossary only; off = as typed (default: FLUX_TRANSLATE, auto)")
+                    help="Chinese prompts: auto = glossary, then the translation model (models/translator) if "
+                         "present, else the offline dictionary, for what T5 cannot read; glossary = glossary only; "
+                         "off = as typed (default: FLUX_TRANSLATE, auto)")
     model_opts(sp)
 
 

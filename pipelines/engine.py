@@ -128,11 +128,15 @@ class FluxEngine:
         return sizes or [(1024, 1024)]
 
     def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
-        """Compile every expected image size before the service reports ready: one 1-step call per size
-        (latents only, no VAE decode). From then on, a size not warmed up runs eagerly (never a compile on a
-        request's path). Returns seconds per size; nothing to do when not compiled."""
+        """Before the service reports ready: load the prompt stage's dictionary, and compile every expected
+        image size (one 1-step call per size, latents only, no VAE decode). From then on, a size not warmed up
+        runs eagerly (never a compile on a request's path). Returns seconds per compiled size; nothing to
+        compile when not compiled."""
         import torch
 
+        dictionary = getattr(self.prompt_stage, "dictionary", None)
+        if dictionary is not None:  # read it now, off the event loop, not when the first Chinese prompt comes
+            dictionary.load()
         if not self.compiled:
             return {}
         done: dict[str, float] = {}

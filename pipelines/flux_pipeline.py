@@ -47,7 +47,7 @@ class FluxPipeline:
                         guidance_scale: float | None = None, seed: int | None = None,
                         translate: str | None = None,
                         progress: ProgressCallback | None = None) -> GenerationResult:
-        """``translate``: "auto" (default: glossary, then the translator), "glossary" or "off" (as typed)."""
+        """``translate``: "auto" (default: glossary, then the translation model or the dictionary), "glossary" or "off" (as typed)."""
         req = GenerationRequest(prompt=prompt, lora_path=str(lora_path) if lora_path is not None else None,
                                 lora_alpha=lora_alpha, width=width, height=height,
                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,

@@ -56,6 +56,8 @@ def result_info(engine, plan, report, *, warnings: list[str], timings: dict, unk
         glossary_terms=[list(t) for t in plan.staged.glossary_terms],
         translated=[list(t) for t in plan.staged.translated],
         translator=plan.staged.translator,
+        prompt_words=[list(w) for w in plan.staged.words],
+        dictionary=plan.staged.dictionary,
         prompt_clip=report.clip_text,
         prompt_t5=report.t5_text,
         t5_unknown_before=round(unknown_before, 4),

@@ -101,18 +101,24 @@ class Settings(BaseSettings):
         "empty: every size of the task table.")
     quantize: Literal["none", "fp8"] = Field(
         default="none", description="fp8: refused in this build (see docs/architecture.md).")
-    # --- prompt stage (pipelines/prompt/stage.py): glossary, then an optional local translation model ------
+    # --- prompt stage (pipelines/prompt/stage.py): glossary, then a local translation model or the dictionary
     glossary_file: Path | None = Field(default=None, description="Prompt glossary; default <models_dir>/glossary.toml.")
     translate: Literal["auto", "glossary", "off"] = Field(
-        default="auto", description="Default for a request's `translate`: auto (glossary, then the translator for "
-                                    "what T5 cannot read), glossary (glossary only), off (prompt as typed).")
+        default="auto", description="Default for a request's `translate`: auto (glossary, then the translation "
+                                    "model if there is one, else the dictionary, for what T5 cannot read), glossary "
+                                    "(glossary only), off (prompt as typed).")
     translator_path: Path | None = Field(
-        default=None, description="Local transformers seq2seq translation folder (e.g. Helsinki-NLP/opus-mt-zh-en).")
+        default=None, description="Local transformers seq2seq translation folder (e.g. Helsinki-NLP/opus-mt-zh-en). "
+                                  "Unset: <models_dir>/translator if present, else none (the dictionary translates).")
     translator_device: Literal["cpu", "engine"] = Field(
         default="cpu", description="cpu (leaves GPU memory to FLUX) or engine (the FLUX device).")
     translator_cache_size: int = Field(default=256, ge=1, description="Translations kept per text (LRU).")
-    demo_translator: bool = Field(
-        default=True, description="On the demo model with no translator_path: use the tiny random demo translator.")
+    dictionary: bool = Field(
+        default=True, description="The offline dictionary stage (jieba + CC-CEDICT): translates, word by word, the "
+                                  "Chinese the glossary leaves when no translation model is there, and keeps glossary "
+                                  "terms from matching inside longer words.")
+    dictionary_cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Where the dictionary's compact index is built on first use.")
 
     # --- HTTP service -------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -82,7 +82,11 @@ class GenerationInfo:
     prompt_english: str = ""  # after glossary + translation, before the task's trigger words and template
     glossary_terms: list[list[str]] = field(default_factory=list)  # [term, English] as applied, in order
     translated: list[list[str]] = field(default_factory=list)  # [text, English] per run the translator handled
-    translator: str | None = None  # which translator produced ``translated``; None: none was used
+    translator: str | None = None  # which translation model produced ``translated``; None: none was used
+    #: [source, English, stage] per word or run the stage replaced; stage: glossary, dictionary or model;
+    #: English "" for a word the dictionary dropped (的, 了 ...)
+    prompt_words: list[list[str]] = field(default_factory=list)
+    dictionary: str | None = None  # the dictionary (jieba + CC-CEDICT, its versions and licence) if it was used
     prompt_clip: str = ""  # the text CLIP reads (``prompt`` cut where its 77-token limit cuts)
     prompt_t5: str = ""  # the text T5 reads (``prompt`` cut at max_sequence_length tokens)
     t5_unknown_before: float = 0.0  # share of the prompt T5 maps to <unk> if sent as typed (translate=off)

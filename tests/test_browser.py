@@ -336,6 +336,8 @@ def test_chinese_prompt_shows_its_english_which_can_be_edited_and_sent(visit):
     expect(page.locator(stage)).to_be_visible()
     assert detail(page, stage, "original") == PROMPT
     assert "科普主持人 → science show host" in detail(page, stage, "glossary")
+    assert "科普主持人 → science show host [术语表 glossary]" in detail(page, stage, "words")  # word by word, with its stage
+    assert detail(page, stage, "dictionary") == "未使用 not used"  # the glossary covered it all
     assert detail(page, stage, "unknown") == "100% → 0%"
     english = "science show host, professional look, smiling, formal attire, TV studio background"
     assert page.input_value("#prompt-english") == english == detail(page, stage, "t5")
@@ -349,6 +351,28 @@ def test_chinese_prompt_shows_its_english_which_can_be_edited_and_sent(visit):
     assert page.input_value("#prompt") == "a portrait photo of a smiling science host"
     assert page.input_value("#translate") == "off"
     visit.shot("browser-prompt-stage")
+    assert visit.errors == []
+
+
+def test_a_new_chinese_prompt_shows_each_word_and_the_stage_that_translated_it(visit):
+    """Words the glossary does not know are translated by the dictionary (issue 20); the page says which stage
+    translated each word, and that no translation model (let alone a random one) was used."""
+    from playwright.sync_api import expect
+
+    page = visit.page
+    expect(page.locator("#task option[value=host_face]")).to_have_count(1)
+    fill_form(page, task="host_face", size=64, steps=2)
+    page.fill("#prompt", "主持人站在火山口旁边")
+    page.click("#generate")
+    assert wait_image(page, "#result-image") == 64
+    stage = "#prompt-stage"
+    expect(page.locator(stage)).to_be_visible()
+    words = detail(page, stage, "words")
+    assert "主持人 → host [术语表 glossary]" in words and "火山口 → volcanic crater [词典 dictionary]" in words
+    assert "在 → ∅ [词典 dictionary]" in words  # a dropped function word is shown too
+    assert "CC-CEDICT" in detail(page, stage, "dictionary")
+    assert detail(page, stage, "translator") == "未使用 not used"
+    assert page.input_value("#prompt-english") == "host standing beside volcanic crater"
     assert visit.errors == []
 
 

@@ -23,6 +23,8 @@ def test_headers_say_original_glossary_english_and_t5_share_in_ascii(client):
     assert json.loads(h["x-prompt-glossary"]) == [["科普主持人", "science show host"], ["专业形象", "professional look"],
                                                   ["微笑", "smiling"]]
     assert json.loads(h["x-prompt-translated"]) == [] and json.loads(h["x-prompt-translator"]) is None
+    assert json.loads(h["x-prompt-words"]) == [[zh, en, "glossary"] for zh, en in json.loads(h["x-prompt-glossary"])]
+    assert json.loads(h["x-prompt-dictionary"]) is None  # the glossary covered everything
     assert (h["x-t5-unknown-before"], h["x-t5-unknown-after"]) == ("1.000", "0.000")
     assert png_info(r.content)[1]["prompt_english"] == ENGLISH
 
@@ -54,8 +56,23 @@ def test_jobs_info_has_the_prompt_record(client):
     assert r.status_code == 202, r.text
     done = wait_until(lambda: (j := client.get(f"/api/jobs/{r.json()['id']}").json())["status"] == "succeeded" and j)
     info = done["info"]
-    assert info["prompt_original"] == "微笑着的科普主持人" and info["translated"][0][0] == "着的"
-    assert "demo translator" in info["translator"]
+    assert info["prompt_original"] == "微笑着的科普主持人" and info["prompt_english"] == "smiling science show host"
+    assert info["prompt_words"] == [["微笑", "smiling", "glossary"], ["着", "", "dictionary"], ["的", "", "dictionary"],
+                                    ["科普主持人", "science show host", "glossary"]]
+    assert "CC-CEDICT" in info["dictionary"] and info["translator"] is None and info["translated"] == []
+
+
+def test_dictionary_words_in_headers_and_a_long_chinese_prompt_stays_under_16_kb_of_headers(client):
+    r = client.post("/api/generate-image", data={"prompt": "主持人站在火山口旁边", "seed": "5", **SMALL})
+    h = r.headers
+    assert json.loads(h["x-prompt-english"]) == "host standing beside volcanic crater"
+    assert ["火山口", "volcanic crater", "dictionary"] in json.loads(h["x-prompt-words"])
+    assert "CC-CEDICT" in json.loads(h["x-prompt-dictionary"]) and h["x-prompt-words"].isascii()
+    long = ("科普主持人站在冰川前面，一群蜜蜂飞过黑洞，" * 100)[:2000]
+    r = client.post("/api/generate-image", data={"prompt": long, "seed": "5", **SMALL})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.headers["x-prompt-words"])[-1] == CUT_MARK  # cut, and said so
+    assert sum(len(k) + len(v) + 4 for k, v in r.headers.items()) < 16 * 1024
 
 
 def test_long_header_values_are_cut_with_a_marker_not_silently():

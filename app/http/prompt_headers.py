@@ -15,19 +15,22 @@ MAX_HEADER_CHARS = 2048
 CUT_MARK = "…[cut: the full value is in the PNG metadata (flux-service text chunk) and the job's info]"
 
 PROMPT_HEADERS = ["X-Prompt-Translate", "X-Prompt-Original", "X-Prompt-English", "X-Prompt-Clip", "X-Prompt-T5",
-                  "X-Prompt-Glossary", "X-Prompt-Translated", "X-Prompt-Translator", "X-T5-Unknown-Before",
-                  "X-T5-Unknown-After"]
+                  "X-Prompt-Glossary", "X-Prompt-Translated", "X-Prompt-Translator", "X-Prompt-Words",
+                  "X-Prompt-Dictionary", "X-T5-Unknown-Before", "X-T5-Unknown-After"]
 
 #: what each prompt header says (published in the OpenAPI document with the other result headers)
 PROMPT_HEADER_DOCS = {
     "X-Prompt-Translate": "The translate mode used: auto, glossary or off.",
     "X-Prompt-Original": "JSON string (ASCII-escaped): the prompt as the client sent it.",
-    "X-Prompt-English": "JSON string: the prompt after the glossary and the translation model.",
+    "X-Prompt-English": "JSON string: the prompt after the glossary and the translation model or dictionary.",
     "X-Prompt-Clip": "JSON string: the text CLIP read (after truncation to 77 tokens).",
     "X-Prompt-T5": "JSON string: the text T5 read.",
     "X-Prompt-Glossary": "JSON list of [term, English] glossary entries applied.",
     "X-Prompt-Translated": "JSON list of [source, English] pieces the translation model translated.",
     "X-Prompt-Translator": "JSON: the translation model used, or null.",
+    "X-Prompt-Words": "JSON list of [source, English, stage] per word or run replaced, stage glossary, dictionary or "
+                      "model (English \"\": a word the dictionary dropped).",
+    "X-Prompt-Dictionary": "JSON: the dictionary used (jieba + CC-CEDICT, versions, licence), or null.",
     "X-T5-Unknown-Before": "Share of the typed prompt T5 maps to its unknown token (0..1).",
     "X-T5-Unknown-After": "Share of the encoded prompt T5 maps to its unknown token (0..1).",
 }
@@ -65,6 +68,8 @@ def prompt_headers(info) -> dict[str, str]:
         "X-Prompt-Glossary": capped_json(info.glossary_terms),
         "X-Prompt-Translated": capped_json(info.translated),
         "X-Prompt-Translator": _json(info.translator),
+        "X-Prompt-Words": capped_json(info.prompt_words),
+        "X-Prompt-Dictionary": _json(info.dictionary),
         "X-T5-Unknown-Before": f"{info.t5_unknown_before:.3f}",
         "X-T5-Unknown-After": f"{info.t5_unknown_after:.3f}",
     }

@@ -78,8 +78,9 @@ class GenerateParams(BaseModel):
     guidance_scale: float = Field(default=None, ge=0.0, le=MAX_GUIDANCE,
                                   description="Default: the task's or the model's.")
     translate: Literal["auto", "glossary", "off"] = Field(
-        default=None, description="Chinese prompts: auto (glossary, then the translation model for what T5 cannot "
-        "read), glossary, off (as typed); default: the server's FLUX_TRANSLATE (auto).")
+        default=None, description="Chinese prompts: auto (glossary, then the translation model if the server has "
+        "one, else the offline dictionary, for what T5 cannot read), glossary, off (as typed); default: the server's "
+        "FLUX_TRANSLATE (auto).")
     loras: list[LoraStrength] = Field(
         default=None, max_length=MAX_LORAS_PER_REQUEST,
         description="Several LoRAs at once: strengths of registered LoRAs by name, e.g. "

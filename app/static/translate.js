@@ -1,6 +1,6 @@
 // The prompt stage on the page: which mode the request asks for (`translate`), and, under a result, what
-// the server did to the prompt (glossary terms, translator, the English each text encoder read, T5's
-// unknown share before/after). The English is editable: "send this English" puts it in the prompt box
+// the server did to the prompt (glossary terms, translation model, dictionary, each word with the stage that
+// translated it, the English each text encoder read, T5's unknown share before/after). The English is editable: "send this English" puts it in the prompt box
 // with translate=off and sends it, so what the user corrected is exactly what the encoders get.
 // The rule itself (glossary, translation, templates) lives once, on the server; this file only shows it.
 import { $ } from "./dom.js";
@@ -39,6 +39,11 @@ export function showPromptStage(job) {
   row(dl, "术语表 Glossary", terms || "无 none").dataset.key = "glossary";
   const tr = (i.translated || []).map(([zh, en]) => `${zh} → ${en}`).join("； ");
   row(dl, "翻译模型 Translator", i.translator ? `${i.translator}${tr ? " : " + tr : ""}` : "未使用 not used").dataset.key = "translator";
+  row(dl, "词典 Dictionary", i.dictionary || "未使用 not used").dataset.key = "dictionary";
+  // every word or run and the stage that translated it; a dropped function word shows as ∅
+  const stageName = { glossary: "术语表 glossary", dictionary: "词典 dictionary", model: "模型 model" };
+  const words = (i.prompt_words || []).map(([zh, en, st]) => `${zh} → ${en || "∅"} [${stageName[st] || st}]`).join("； ");
+  row(dl, "逐词 Words", words || "无 none").dataset.key = "words";
   row(dl, "CLIP 读到 CLIP read", i.prompt_clip || "—").dataset.key = "clip";
   row(dl, "T5 读到 T5 read", i.prompt_t5 || "—").dataset.key = "t5";
   row(dl, "T5 无法识别 T5 unknown", `${pct(i.t5_unknown_before)} → ${pct(i.t5_unknown_after)}`).dataset.key = "unknown";

@@ -7,7 +7,9 @@ render 科普主持人 as "science presenter" today and "popular science host" a
 pins it. It is applied first; a translator only sees what the glossary left.
 
 Matching is deterministic: scanning left to right, at each position the longest glossary term that starts
-there wins (演播室背景 before 演播室 before 背景), and replaced text is never scanned again. Chinese terms
+there wins (演播室背景 before 演播室 before 背景), and replaced text is never scanned again. With the
+dictionary stage on (the default), a term never starts or ends inside a longer word the dictionary knows,
+as jieba segments the prompt: in 桌上有地球仪, 地球 ("earth") does not match inside 地球仪 ("globe"). Chinese terms
 match anywhere (Chinese has no spaces); a term written in Latin letters matches whole words only. Chinese
 punctuation (，、。；：！？（）“” and full-width forms) becomes its ASCII form, since T5 maps it to its
 unknown token. Text the glossary does not touch is kept byte for byte, so an English prompt comes out
@@ -37,10 +39,21 @@ CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\
 
 
 @dataclass(frozen=True)
+class Hit:
+    """One replacement in the input: a glossary term (``term``) or a punctuation mark made ASCII."""
+
+    start: int
+    end: int
+    english: str
+    term: bool
+
+
+@dataclass(frozen=True)
 class GlossaryResult:
     text: str
     terms: tuple[tuple[str, str], ...]  # (source term, English) in prompt order, each occurrence once
     changed: bool  # False: ``text`` is the input, untouched
+    hits: tuple[Hit, ...] = ()  # every replacement with its place in the input (the dictionary stage reads them)
 
 
 @dataclass
@@ -54,19 +67,26 @@ class Glossary:
     def __len__(self) -> int:
         return len(self.terms)
 
-    def apply(self, text: str) -> GlossaryResult:
-        """Longest match first, left to right; returns the new text and the terms that were used."""
+    def apply(self, text: str, protected: frozenset[int] = frozenset()) -> GlossaryResult:
+        """Longest match first, left to right; returns the new text and the terms that were used.
+
+        ``protected``: positions where no term may start or end (inside a longer word, as the dictionary
+        stage segments the text: 地球 must not match inside 地球仪).
+        """
         pieces: list[tuple[str, bool]] = []  # (text, replaced?)
         used: list[tuple[str, str]] = []
+        hits: list[Hit] = []
         plain_start = i = 0
         n = len(text)
         while i < n:
             hit = None
             for length in range(min(self._max_len, n - i), 0, -1):
                 key = text[i:i + length]
-                if key in self.terms and _whole_word(text, i, i + length):
+                if (key in self.terms and _whole_word(text, i, i + length)
+                        and i not in protected and i + length not in protected):
                     hit = (key, self.terms[key])
                     break
+            is_term = hit is not None
             if hit is None:
                 ch = text[i]
                 mapped = PUNCTUATION.get(ch)
@@ -78,6 +98,7 @@ class Glossary:
                 hit = (ch, mapped)
             else:
                 used.append(hit)
+            hits.append(Hit(i, i + len(hit[0]), hit[1], term=is_term))
             if plain_start < i:
                 pieces.append((text[plain_start:i], False))
             pieces.append((hit[1], True))
@@ -87,7 +108,7 @@ class Glossary:
             return GlossaryResult(text=text, terms=(), changed=False)
         if plain_start < n:
             pieces.append((text[plain_start:], False))
-        return GlossaryResult(text=join_pieces(pieces), terms=tuple(used), changed=True)
+        return GlossaryResult(text=join_pieces(pieces), terms=tuple(used), changed=True, hits=tuple(hits))
 
 
 def join_pieces(pieces: list[tuple[str, bool]]) -> str:

@@ -2,9 +2,11 @@
 
 Why local and optional: prompts must reach T5 in English, but the service runs offline on GPU boxes and
 must not send prompts anywhere. MarianMT (``Helsinki-NLP/opus-mt-zh-en``, ~300 MB), NLLB and M2M100 all
-load through ``AutoModelForSeq2SeqLM``; the folder is set with ``FLUX_TRANSLATOR_PATH`` and loaded once at
-start-up (a bad folder fails start-up, never a request). It runs on the CPU by default
-(``FLUX_TRANSLATOR_DEVICE=cpu``: a few hundred milliseconds per prompt, and it leaves GPU memory to FLUX)
+load through ``AutoModelForSeq2SeqLM``; the folder is ``models/translator`` when it is there (found like
+``models/flux1-dev``) or the one ``FLUX_TRANSLATOR_PATH`` names, and is loaded once at start-up (a bad folder
+fails start-up, never a request). Without one, the dictionary stage (``dictionary.py``) translates instead.
+It runs on the CPU by default (``FLUX_TRANSLATOR_DEVICE=cpu``: an estimated few hundred milliseconds per prompt
+for MarianMT, and it leaves GPU memory to FLUX)
 or on the engine's device (``engine``). Translations are cached per text in a bounded LRU, so a prompt used
 again costs nothing and always gives the same English. Decoding is greedy (``do_sample=False``): the same
 text always gives the same English.
@@ -96,6 +98,10 @@ def load_translator(path: Path, *, device: str, label: str | None = None, demo: 
     if not path.is_dir():
         raise ConfigError(f"translator folder {path} does not exist: download one with `huggingface-cli download "
                           "Helsinki-NLP/opus-mt-zh-en --local-dir models/translator`, or unset FLUX_TRANSLATOR_PATH")
+    if not any(path.iterdir()):
+        raise ConfigError(f"translator folder {path} is empty: download a model into it (`huggingface-cli download "
+                          "Helsinki-NLP/opus-mt-zh-en --local-dir models/translator`) or remove it; without one "
+                          "the dictionary translates")
     started = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)

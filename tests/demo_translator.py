@@ -1,33 +1,22 @@
-"""The embedded demo translator: a tiny MarianMT model with random weights, built offline by our own code.
+"""A tiny MarianMT translation model with random weights, built offline: the tests' stand-in translation model.
 
-Why: the translation path (load a transformers sequence-to-sequence folder, tokenize, ``generate``, decode,
-cache) must run in every test and on every machine, and our machines cannot download
-``Helsinki-NLP/opus-mt-zh-en``. Like the demo FLUX (``pipelines/demo_model.py``), this is made of the real
-transformers classes (``MarianMTModel`` and a ``PreTrainedTokenizerFast`` built with the ``tokenizers``
-library), saved in the normal folder layout and loaded back through ``AutoModelForSeq2SeqLM`` /
-``AutoTokenizer`` exactly as a real translation folder is. Its weights are random: what it writes is a
-deterministic string of English words that has nothing to do with the prompt. Every result that used it
-says so (``translator`` field, a warning), and it is never used with a real FLUX model.
+Why it lives in tests/: the translation-model path of the prompt stage (load a transformers
+sequence-to-sequence folder through ``AutoModelForSeq2SeqLM`` / ``AutoTokenizer``, tokenize, ``generate``,
+decode, cache) must run in the tests, and no real model (``Helsinki-NLP/opus-mt-zh-en``) can be downloaded
+here. Its English is a deterministic string of random words unrelated to the prompt, so since issue 20 it is
+never served: on the demo model the dictionary stage (jieba + CC-CEDICT) translates instead. It is made of
+the real transformers classes (``MarianMTModel`` and a ``PreTrainedTokenizerFast`` built with the
+``tokenizers`` library) and saved in the normal folder layout, exactly as a real translation folder is.
 
 It can only write English: the output bias of every Chinese token is -1e4, so whatever it writes is text
-T5 can read, which is what the tests of the translation path need. Same bytes every time (fixed seed,
-fixed file order, library versions stripped); built into its own folder
-``<cache>/demo-translator-v1-<libs>`` via a temporary folder and an atomic rename.
+T5 can read, which is what the tests of the translation path need.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
-#: bump when the demo translator's bytes change, so old caches are not reused
-DEMO_TRANSLATOR_VERSION = "demo-translator-v1"
-DEMO_TRANSLATOR_LABEL = "demo translator (tiny MarianMT, random weights: output is random English words)"
+DEMO_TRANSLATOR_LABEL = "stand-in translator (tiny MarianMT, random weights: output is random English words)"
 
 # Target side: English words (the demo T5 knows them as whole words too). Source side: the Han characters
 # of the starter glossary and of the old guide, each its own token (as BERT-style tokenizers split CJK).
@@ -41,33 +30,6 @@ _HAN = ("科普主持人专业形象微笑正式着装演播室背景户外场�
         "虚化城市街道森林天空星宇宙太地球柔灯线阳逆学显望远机器电脑屏黑板书架图表分子细胞行高清质量节丰富写真影感简洁现代"
         "的了在是和一个着很")
 _SPECIALS = ("<pad>", "</s>", "<unk>")
-
-
-def demo_translator_root(cache_dir: Path) -> Path:
-    from pipelines.demo_model import _library_fingerprint
-
-    return Path(cache_dir) / f"{DEMO_TRANSLATOR_VERSION}-{_library_fingerprint()}"
-
-
-def ensure_demo_translator(cache_dir: Path) -> Path:
-    """Build the demo translator into its own cache folder unless it is there; return the folder."""
-    root = demo_translator_root(cache_dir)
-    if (root / "COMPLETE").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    logger.warning("Building the embedded demo translator (random weights) into %s: first use only", root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_TRANSLATOR_VERSION}-", dir=root.parent))
-    try:
-        build_demo_translator(tmp)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / "COMPLETE").is_file():  # lost a race to a half-built folder: take its place
-                shutil.rmtree(root, ignore_errors=True)
-                os.rename(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def _vocab() -> dict[str, int]:
@@ -96,11 +58,9 @@ def _tokenizer():
 
 
 def build_demo_translator(root: Path) -> None:
-    """Write the tokenizer and a tiny random MarianMTModel into ``root`` (deterministic bytes)."""
+    """Write the tokenizer and a tiny random MarianMTModel into ``root`` (same weights every time)."""
     import torch
     from transformers import GenerationConfig, MarianConfig, MarianMTModel
-
-    from pipelines.demo_model import _strip_library_versions
 
     tok = _tokenizer()
     vocab = tok.get_vocab()
@@ -125,11 +85,6 @@ def build_demo_translator(root: Path) -> None:
         num_beams=1, do_sample=False)
     model.save_pretrained(root, safe_serialization=True)
     tok.save_pretrained(root)
-    _strip_library_versions(root)
     (root / "README.md").write_text(
-        "Embedded demo translator built by pipelines/prompt/demo_translator.py: a tiny MarianMTModel with RANDOM\n"
-        "weights. Its output is random English words, unrelated to the input. For real translation:\n"
-        "huggingface-cli download Helsinki-NLP/opus-mt-zh-en --local-dir models/translator\n",
-        encoding="utf-8",
-    )
-    (root / "COMPLETE").write_text(DEMO_TRANSLATOR_VERSION + "\n", encoding="utf-8")
+        "Test stand-in translation model built by tests/demo_translator.py: a tiny MarianMTModel with RANDOM\n"
+        "weights. Its output is random English words, unrelated to the input.\n", encoding="utf-8")

@@ -35,7 +35,8 @@ case "${1:-}" in
   *) echo "unknown option: $1 (use --download, --tiny or nothing)" >&2; exit 2 ;;
 esac
 WHEELS="$ROOT/bench/gpu_wheels.txt"
-pins() { grep -v '^\s*#' "$WHEELS" | grep -v '^\s*$'; }
+pins() { sed 's/#.*//' "$WHEELS" | awk NF; }                    # name==version, comments dropped
+built_here() { grep '# built here' "$WHEELS" | sed 's/#.*//' | awk NF; }  # sdist-only pins
 
 if [ "$MODE" = download ]; then
   PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -44,7 +45,10 @@ if [ "$MODE" = download ]; then
   # shellcheck disable=SC2046
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$tmp" $(pins) || { echo "download failed"; exit 1; }
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$tmp" \
+    $(pins | grep -v -x -F -f <(built_here)) || { echo "download failed"; exit 1; }
+  # shellcheck disable=SC2046
+  "$PY" -m pip wheel -q --no-deps -w "$tmp" $(built_here) || { echo "building the sdist-only wheels failed"; exit 1; }
   rm -rf .whl && mkdir -p .whl && mv "$tmp"/*.whl .whl/ && rmdir "$tmp"
   total=$(du -cb .whl/*.whl | tail -1 | cut -f1)
   echo "$(ls .whl | wc -l) wheels in .whl/ for Python $GPU_PYTHON: $((total / 1048576)) MiB"

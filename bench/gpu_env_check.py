@@ -59,8 +59,7 @@ def wheel_requirements(names: list[str]) -> list[str]:
 
 
 def wheel_names() -> list[str]:
-    lines = (ROOT / "bench" / "gpu_wheels.txt").read_text(encoding="utf-8").splitlines()
-    return [ln.split("==")[0].strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return list(pins())
 
 
 def check(reqs: list[str]) -> list[tuple[str, str, str, bool]]:
@@ -84,9 +83,11 @@ def check(reqs: list[str]) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
-def _pins() -> dict[str, str]:
+def pins() -> dict[str, str]:
+    """bench/gpu_wheels.txt as {name: version} (comments, also at the end of a line, dropped)."""
     lines = (ROOT / "bench" / "gpu_wheels.txt").read_text(encoding="utf-8").splitlines()
-    return dict(ln.strip().split("==", 1) for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+    pins = [ln.split("#", 1)[0].strip() for ln in lines]
+    return dict(p.split("==", 1) for p in pins if p)
 
 
 def wheel_tag() -> str:
@@ -104,7 +105,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - reported, then the table says what is missing
         print(f"torch does not import: {type(exc).__name__}: {exc}")
     wheels = wheel_names()
-    rows = check(requirements() + [f"{n}=={v}" for n, v in _pins().items()])
+    rows = check(requirements() + [f"{n}=={v}" for n, v in pins().items()])
     seen = {r[0].lower().replace("_", "-") for r in rows}
     for row in check(sorted(set(wheel_requirements(wheels)))):  # what the brought wheels need in turn
         key = row[0].lower().replace("_", "-")

@@ -10,15 +10,13 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from bench.gpu_env_check import project_requirements
+from bench.gpu_env_check import pins, project_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pins() -> dict[str, str]:
-    lines = (ROOT / "bench" / "gpu_wheels.txt").read_text(encoding="utf-8").splitlines()
-    return {ln.split("==")[0].strip().lower(): ln.split("==")[1].strip()
-            for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+    return {name.lower(): version for name, version in pins().items()}
 
 
 def _image_has() -> set[str]:

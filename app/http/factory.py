@@ -18,6 +18,7 @@ embedding server) the lifespan's end runs the same drain.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -93,7 +94,8 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
                 from pipelines.engine import FluxEngine
 
                 try:
-                    load = backend.load_engine if backend is not None else FluxEngine.from_settings
+                    load = (backend.load_engine if backend is not None else
+                            functools.partial(FluxEngine.from_settings, serving=True))  # FLUX_COMPILE=auto: on
                     eng = await asyncio.to_thread(load, settings)
                 except FluxServiceError as exc:
                     logger.error("start-up failed (%s): %s", exc.type, exc.message)

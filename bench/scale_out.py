@@ -68,7 +68,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from app.ray_serve.launch import APP_NAME, _build
+    from app.ray_serve.launch import APP_NAME, build_application
     from pipelines.settings import Settings
 
     port = 18000 + os.getpid() % 1000
@@ -85,7 +85,7 @@ def main() -> None:
         for rnd in range(a.rounds):
             for replicas in (1, 2):
                 t = time.perf_counter()
-                serve.run(_build({"replicas": replicas}, settings), name=APP_NAME, route_prefix="/")
+                serve.run(build_application({"replicas": replicas}, settings), name=APP_NAME, route_prefix="/")
                 print(f"round {rnd + 1}: {replicas} replica(s) ready in {time.perf_counter() - t:.1f}s",
                       file=sys.stderr)
                 closed_loop(url, replicas, 2 * replicas, a.size, a.steps)  # warm-up: every replica once

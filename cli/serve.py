@@ -49,7 +49,8 @@ def add_parser(sub) -> None:
     s.add_argument("--ray", action="store_true",
                    help="serve through Ray Serve: a private local Ray instance, or the cluster at RAY_ADDRESS (needs "
                         "the 'ray' extra; see docs/deploy.md)")
-    s.add_argument("--replicas", type=int, help="with --ray: engine replicas, one GPU each (FLUX_RAY_REPLICAS)")
+    s.add_argument("--replicas", type=int, help="with --ray: engine replicas, FLUX_RAY_GPUS_PER_REPLICA GPUs each on CUDA "
+                        "(FLUX_RAY_REPLICAS); more than the cluster's GPUs hold stops start-up")
     model_opts(s)
     s.set_defaults(func=cmd_serve)
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipelines.compile import CompileCounter, compile_transformer, should_compile
+from pipelines.compile import CompileCounter, compile_transformer, eager_for, should_compile
 from pipelines.errors import ConfigError, InvalidRequest, OutOfMemory
 from pipelines.lora.bfl_names import FluxDims
 from pipelines.lora.files import linear_shapes
@@ -79,6 +79,8 @@ class FluxEngine:
         #: torch.compile state: graphs compiled so far (one per image size after warm-up; never per LoRA)
         self.compilations = CompileCounter()
         self.compiled = False
+        #: sizes compiled by ``warm_up``; once set (the service), any other size runs eagerly (pipelines/compile.py)
+        self.warm_sizes: set[tuple[int, int]] | None = None
         _, _, self.default_steps, self.default_guidance = MODEL_TYPES[source.model_type]
         #: LoRA files resident, their names, the tasks' adapters (pipelines/lora/residency.py)
         #: the transformer's split sizes for BFL-named files (None in the Ray ingress, which has no pipeline)
@@ -90,13 +92,15 @@ class FluxEngine:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, model_path: str | Path | None = None,
-                      with_tasks: bool = True, default_path_means_demo: bool = False) -> "FluxEngine":
+                      with_tasks: bool = True, default_path_means_demo: bool = False,
+                      serving: bool = False) -> "FluxEngine":
+        """``serving``: built for the service (``FLUX_COMPILE=auto`` compiles there; see pipelines/compile.py)."""
         settings = settings or load_settings()
         tasks = load_task_table(settings.resolved_tasks_file()) if with_tasks else None
         source = resolve_model_source(settings, model_path, default_path_means_demo=default_path_means_demo)
         device, dtype = pick_device(settings)
         check_quantize(settings.quantize, device)
-        compile_on = should_compile(settings.compile, device, settings.adapters)
+        compile_on = should_compile(settings.compile, device, settings.adapters, serving=serving)
         started = time.perf_counter()
         pipe = load_pipeline(source, device, dtype)
         engine = cls(pipe, source, settings, device, dtype, tasks)
@@ -115,7 +119,8 @@ class FluxEngine:
 
     # ---------------------------------------------------------------- torch.compile
     def enable_compile(self) -> None:
-        """Compile the transformer (lazily: each image size compiles on its first call; see ``warm_up``)."""
+        """Compile the transformer (lazily: each image size compiles on its first call until ``warm_up`` ran;
+        after it, only the warmed-up sizes run compiled)."""
         compile_transformer(self.pipe.transformer, self.settings.compile_backend, self.settings.compile_cache_dir,
                             self.compilations)
         self.compiled = True
@@ -128,8 +133,9 @@ class FluxEngine:
 
     def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
         """Before the service reports ready: load the prompt stage's dictionary, and compile every expected
-        image size (one 1-step call per size, latents only, no VAE decode). Returns seconds per compiled size;
-        nothing to compile when not compiled."""
+        image size (one 1-step call per size, latents only, no VAE decode). From then on, a size not warmed up
+        runs eagerly (never a compile on a request's path). Returns seconds per compiled size; nothing to
+        compile when not compiled."""
         import torch
 
         dictionary = getattr(self.prompt_stage, "dictionary", None)
@@ -138,6 +144,7 @@ class FluxEngine:
         if not self.compiled:
             return {}
         done: dict[str, float] = {}
+        self.warm_sizes = self.warm_sizes or set()
         for width, height in sizes or self.warmup_sizes():
             if width % 16 or height % 16:
                 raise ConfigError(f"warm-up size {width}x{height}: width and height must be multiples of 16")
@@ -146,6 +153,7 @@ class FluxEngine:
                 self.pipe(prompt="warm-up", width=width, height=height, num_inference_steps=1,
                           guidance_scale=self.default_guidance, generator=torch.Generator("cpu").manual_seed(0),
                           max_sequence_length=self.settings.max_sequence_length, output_type="latent")
+            self.warm_sizes.add((width, height))
             done[f"{width}x{height}"] = round(time.perf_counter() - started, 3)
             logger.info("torch.compile warm-up %dx%d: %d graph(s) compiled, %.1fs", width, height,
                         self.compilations.total - before, time.perf_counter() - started)
@@ -305,18 +313,25 @@ class FluxEngine:
                 progress(0, total)
             self.adapters.activate_set([(x.adapter.name, x.scale) for x in plan.loras])
             compilations_before = self.compilations.total
+            eager = self.compiled and self.warm_sizes is not None and (plan.width, plan.height) not in self.warm_sizes
+            if eager:
+                self.compilations.add_eager()
+                logger.warning("torch.compile: %dx%d was not compiled at start-up; this image runs eagerly (slower "
+                               "steps, no compile stall); add the size to FLUX_COMPILE_WARMUP_SIZES to compile it",
+                               plan.width, plan.height)
             try:
-                out = self.pipe(
-                    prompt=plan.prompt,
-                    width=plan.width,
-                    height=plan.height,
-                    num_inference_steps=total,
-                    guidance_scale=plan.guidance_scale,
-                    generator=torch.Generator(device="cpu").manual_seed(plan.seed),
-                    max_sequence_length=self.settings.max_sequence_length,
-                    callback_on_step_end=on_step_end,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                )
+                with eager_for(eager):
+                    out = self.pipe(
+                        prompt=plan.prompt,
+                        width=plan.width,
+                        height=plan.height,
+                        num_inference_steps=total,
+                        guidance_scale=plan.guidance_scale,
+                        generator=torch.Generator(device="cpu").manual_seed(plan.seed),
+                        max_sequence_length=self.settings.max_sequence_length,
+                        callback_on_step_end=on_step_end,
+                        callback_on_step_end_tensor_inputs=["latents"],
+                    )
             except torch.OutOfMemoryError as exc:
                 del exc
                 gc.collect()
@@ -334,7 +349,8 @@ class FluxEngine:
                            "to FLUX_COMPILE_WARMUP_SIZES)", plan.width, plan.height, compiled_now)
 
         timings = step_timings(started, marks, ended)
-        info = result_info(self, plan, report, warnings=warnings, timings=timings, unknown_before=unknown_before)
+        info = result_info(self, plan, report, warnings=warnings, timings=timings, unknown_before=unknown_before,
+                           eager_size=eager)
         lora = (f"{info.adapter_file} [sha256 {info.adapter_hash}] (adapter={info.adapter_name}, "
                 f"alpha={info.lora_scale:g})"
                 if info.adapter_name and info.lora_scale else

@@ -20,8 +20,10 @@ def step_timings(started: float, marks: list[float], ended: float) -> dict[str, 
     return timings
 
 
-def result_info(engine, plan, report, *, warnings: list[str], timings: dict, unknown_before: float) -> GenerationInfo:
-    """The record of one image made by ``engine`` from ``plan`` (``report``: the prompt check of what was sent)."""
+def result_info(engine, plan, report, *, warnings: list[str], timings: dict, unknown_before: float,
+                eager_size: bool = False) -> GenerationInfo:
+    """The record of one image made by ``engine`` from ``plan`` (``report``: the prompt check of what was sent;
+    ``eager_size``: a compiled engine ran this size eagerly, it was not warmed up)."""
     return GenerationInfo(
         task=plan.task,
         adapter_name=plan.adapter.name if plan.adapter else None,
@@ -45,7 +47,8 @@ def result_info(engine, plan, report, *, warnings: list[str], timings: dict, unk
         adapter_scales=dict(plan.adapter.scales) if plan.adapter else None,
         loras=[x.to_dict() for x in plan.loras],
         adapter_strategy=engine.adapter_strategy,
-        compiled=engine.compiled,
+        compiled=engine.compiled and not eager_size,
+        eager_size=eager_size,
         compilations=engine.compilations.total,
         translate=plan.staged.mode,
         prompt_original=plan.staged.original,

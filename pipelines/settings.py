@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     ray_replicas: int = Field(default=1, ge=1, description="Ray Serve: engine replicas (one GPU each on CUDA).")
     ray_max_loras: int = Field(default=3, ge=1, description="Ray Serve: LoRAs kept resident per replica; the least "
                                "recently used is unloaded beyond it.")
+    ray_gpus_per_replica: float = Field(default=1.0, gt=0, le=8, description="Ray Serve on CUDA: GPUs per engine "
+                                        "replica; a fraction (0.5) puts several replicas, each a whole model, on one "
+                                        "GPU.")
     ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray Serve on CPU: CPUs (and torch threads) "
                                         "per engine replica.")
     trainings_dir: Path = Field(default=Path("data/trainings"),

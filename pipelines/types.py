@@ -73,6 +73,8 @@ class GenerationInfo:
     loras: list[dict] = field(default_factory=list)
     adapter_strategy: str = ""  # fused | peft: how the LoRAs reached the weights
     compiled: bool = False  # the transformer ran under torch.compile
+    #: the engine is compiled but this size was not warmed up: it ran eagerly (pipelines/compile.py's policy)
+    eager_size: bool = False
     compilations: int = 0  # graphs compiled by this engine so far (grows per new image size, never per LoRA)
     # the prompt stage (pipelines/prompt/stage.py): what the user typed and what each text encoder read
     translate: str = "off"  # the mode used: auto, glossary or off

@@ -2,11 +2,19 @@
 
 The demo model is built once into the user cache (as the service does on first use). Tests use small
 sizes (64x64, few steps) for speed; ``min_size`` is lowered accordingly in the test settings.
+
+Devices are pinned: every engine, server and subprocess of the suite runs on the CPU in float32, because the
+tests compare with bare-diffusers references computed on the CPU in float32 (on a machine with a GPU the
+default ``auto`` would pick CUDA + bf16 and every bit-for-bit comparison would fail). ``CPU_ENV`` is set in
+this process (so in-process settings and inheriting subprocesses see it) and added to every environment a
+test builds without the ``FLUX_*`` variables. The GPU's own tests say their device explicitly
+(tests/test_gpu_smoke.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 
 import pytest
@@ -14,12 +22,16 @@ import pytest
 from pipelines.settings import Settings
 
 SMALL = dict(width=64, height=64, num_inference_steps=2)
+#: the device and dtype of every CPU reference the tests compare with
+CPU = dict(device="cpu", dtype="float32")
+CPU_ENV = {"FLUX_DEVICE": "cpu", "FLUX_DTYPE": "float32"}
+os.environ.update(CPU_ENV)
 
 
 def make_settings(**overrides) -> Settings:
     # each app its own job store folder: a shared folder would let one test's service take over another's jobs
     base = dict(min_size=16, model_path=None, tasks_file=None, api_key=None, allow_demo=True, adapters="fused",
-                compile="off", data_dir=tempfile.mkdtemp(prefix="flux-test-data-"))
+                compile="off", data_dir=tempfile.mkdtemp(prefix="flux-test-data-"), **CPU)
     base.update(overrides)
     return Settings(_env_file=None, **base)
 

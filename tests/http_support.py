@@ -22,11 +22,15 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import CPU_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TASKS = ROOT / "tests" / "data" / "http_tasks.toml"
 
-#: what every test server runs with (small sizes allowed, test hooks on, the 2-step task table)
+#: what every test server runs with (CPU float32 like the tests' references, small sizes allowed, the 2-step
+#: task table); the server's environment has no other FLUX_* variable
 BASE_ENV = {
+    **CPU_ENV,
     "FLUX_MIN_SIZE": "16",
     "FLUX_TASKS_FILE": str(TEST_TASKS),
     "FLUX_QUEUE_SIZE": "3",

@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from tests.conftest import CPU_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -50,6 +52,7 @@ class ServerProcess:
         ARTIFACTS.mkdir(exist_ok=True)
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}  # hermetic: no stray config
+        env.update(CPU_ENV)
         env.update(FLUX_MIN_SIZE="16", FLUX_ALLOW_DEMO="true", PYTHONUNBUFFERED="1",
                    FLUX_DATA_DIR=tempfile.mkdtemp(prefix="flux-browser-data-"), **env_overrides)  # own job store
         self.log_path = ARTIFACTS / f"server-{name}.log"

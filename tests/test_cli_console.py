@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from app.http.access_log import HealthCheckFilter
+from tests.conftest import CPU_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
@@ -33,6 +34,7 @@ def _demo_built(engine):
 
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_") and k != "PYTHONWARNINGS"}
+    env.update(CPU_ENV)
     env.update(FLUX_MIN_SIZE="16", PYTHONUNBUFFERED="1", **extra)
     return env
 
@@ -61,7 +63,8 @@ def test_serve_starts_without_third_party_noise_and_does_not_log_health_polls(tm
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT,
-                                env=_env(), stdout=log, stderr=subprocess.STDOUT)
+                                env=_env(FLUX_DATA_DIR=str(tmp_path / "data")),  # not the user's job store
+                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -1,4 +1,4 @@
-"""torch.compile: task, LoRA and strength changes never recompile; a new size compiles once and is counted.
+"""torch.compile: task, LoRA and strength changes never recompile; a size not warmed up runs eagerly, counted.
 
 On CPU the test uses Dynamo with the ``eager`` backend (FLUX_COMPILE_BACKEND=eager): Dynamo traces, guards and
 recompiles exactly as with inductor (what is counted is every graph Dynamo hands to the backend), without
@@ -42,11 +42,25 @@ def test_no_compilation_across_100_task_and_strength_changes_after_warm_up(compi
     assert compiled.adapters.switches >= 100
 
 
-def test_a_new_size_compiles_once_and_is_counted(compiled):
-    before = compiled.compilations.total
+def test_a_size_not_warmed_up_runs_eagerly_without_compiling_and_is_counted(compiled):
+    """The service never compiles on a request's path (a FLUX.1-dev compile takes about 2 minutes)."""
+    before, eager_before = compiled.compilations.total, compiled.compilations.eager_images
     first = compiled.generate(request(task="host_face", width=48, height=32, num_inference_steps=1))
     again = compiled.generate(request(task="science_background", width=48, height=32, num_inference_steps=1))
-    assert first.info.compilations == again.info.compilations == before + 1
+    assert first.info.compilations == again.info.compilations == before  # 0 recompiles
+    assert compiled.compilations.eager_images == eager_before + 2
+    assert first.info.eager_size and not first.info.compiled
+    warm = compiled.generate(request(task="host_face", **SIZE))  # the warmed-up size still runs compiled
+    assert warm.info.compiled and not warm.info.eager_size and warm.info.compilations == before
+
+
+def test_python_api_compiles_each_size_on_first_use_when_asked():
+    """FLUX_COMPILE=on outside the service (no warm-up): a size compiles on its first call, as asked."""
+    from pipelines.engine import FluxEngine
+
+    engine = FluxEngine.from_settings(make_settings(compile="on", compile_backend="eager", max_sequence_length=16))
+    result = engine.generate(request(**SIZE))
+    assert result.info.compiled and result.info.compilations >= 1 and not result.info.eager_size
 
 
 def test_compiled_strength_zero_equals_compiled_base_bit_for_bit(compiled):
@@ -60,9 +74,11 @@ def test_compile_on_with_peft_adapters_is_refused_with_the_reason():
 
     with pytest.raises(ConfigError, match="FLUX_ADAPTERS=fused"):
         should_compile("on", "cpu", "peft")
-    assert should_compile("auto", "cpu", "fused") is False
-    assert should_compile("auto", "cuda", "fused") is True
-    assert should_compile("auto", "cuda", "peft") is False
+    assert should_compile("auto", "cpu", "fused", serving=True) is False
+    assert should_compile("auto", "cuda", "fused", serving=True) is True  # the service on a GPU
+    assert should_compile("auto", "cuda", "fused") is False  # the CLI and the Python API: eager unless asked
+    assert should_compile("on", "cuda", "fused") is True
+    assert should_compile("auto", "cuda", "peft", serving=True) is False
 
 
 def test_fp8_is_refused_with_a_clear_message_on_cpu(settings):

@@ -28,3 +28,10 @@ def test_lifespan_warms_up_every_size_before_ready_and_metrics_count_it():
         assert r.status_code == 200
         assert engine.compilations.total == warmed  # the warmed-up size, a LoRA and a new strength: no compile
         assert client.get("/api/loras").json()["compiled"] is True
+        assert "flux_eager_images_total 0.0" in client.get("/metrics").text
+        # a size not warmed up: answered at once, eagerly, counted; still nothing compiled on the request path
+        r = client.post("/api/generate-image", json={"prompt": "a host", "width": 48, "height": 32,
+                                                     "num_inference_steps": 1})
+        assert r.status_code == 200
+        assert engine.compilations.total == warmed
+        assert "flux_eager_images_total 1.0" in client.get("/metrics").text

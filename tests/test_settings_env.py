@@ -18,11 +18,13 @@ import pytest
 
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings, load_settings
+from tests.conftest import CPU_ENV
 from tests.http_support import ROOT, TEST_TASKS, _free_port
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}
+    env.update(CPU_ENV)
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
@@ -110,7 +112,8 @@ def test_serve_starts_with_comma_separated_origins_from_dotenv(tmp_path):
         f"FLUX_CORS_ORIGINS=http://a.example,http://b.example\nFLUX_TASKS_FILE={TEST_TASKS}\n", encoding="utf-8")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=_env(FLUX_DATA_DIR=str(tmp_path / "data")),  # not the user's job store
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url)

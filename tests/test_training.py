@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from pipelines.errors import Cancelled
-from tests.conftest import make_settings
+from tests.conftest import CPU_ENV, make_settings
 from tests.training_support import red_photos, zip_folder
 from training import load_dataset, preset, train
 
@@ -41,7 +41,7 @@ def run(tmp_path_factory, engine):
     models.mkdir()
     tasks = models / "tasks.toml"
     shutil.copy(os.path.join(ROOT, "models", "tasks.toml"), tasks)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}, **CPU_ENV,
            "FLUX_MODELS_DIR": str(models), "FLUX_MIN_SIZE": "16"}
     out = subprocess.run([sys.executable, "-m", "cli", "train", str(photos), "--name", "red", "--trigger", "ohwx",
                           "--task", "red_face"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -152,7 +152,7 @@ def test_same_seed_and_photos_give_the_same_bytes_and_cancel_then_resume_too(run
 
 
 def test_existing_output_and_task_are_not_clobbered(run):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}, **CPU_ENV,
            "FLUX_MODELS_DIR": str(run["models"]), "FLUX_MIN_SIZE": "16"}
     again = subprocess.run([sys.executable, "-m", "cli", "train", str(run["photos"]), "--name", "red2",
                             "--trigger", "ohwx", "--task", "red_face"], capture_output=True, text=True, timeout=120,

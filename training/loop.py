@@ -104,7 +104,7 @@ def train(dataset: Dataset, config: TrainConfig, settings: Settings, *, on_event
     from peft import LoraConfig
 
     from pipelines.model_source import MODEL_TYPES, load_pipeline, pick_device, resolve_model_source
-    from training.data_cache import encode_latents, encode_texts
+    from training.data_cache import encode_before_training, encode_latents, encode_texts
 
     emit = on_event or (lambda _e: None)
     out = Path(output_dir) if output_dir is not None else output_dir_for(settings, config.name)
@@ -115,7 +115,7 @@ def train(dataset: Dataset, config: TrainConfig, settings: Settings, *, on_event
     source = resolve_model_source(settings)
     device, dtype = pick_device(settings)
     cuda = device.startswith("cuda")
-    pipe = load_pipeline(source, device, dtype)
+    pipe = load_pipeline(source, "cpu", dtype)  # to the device part by part: encode_before_training
     transformer = pipe.transformer
     transformer.requires_grad_(False)
     pipe.vae.requires_grad_(False)
@@ -124,14 +124,15 @@ def train(dataset: Dataset, config: TrainConfig, settings: Settings, *, on_event
 
     # ---- cache latents and text embeddings once ---------------------------------------------------
     emit({"type": "phase", "phase": "caching", "images": len(dataset.photos)})
-    items = encode_latents(pipe, dataset.photos, config.resolutions, config.trigger, device, dtype)
     sample_prompts = [p.format(trigger=config.trigger) for p in config.sample_prompts]
-    texts = encode_texts(pipe, [it.caption for it in items] + [""] + sample_prompts, device,
-                         settings.max_sequence_length)
-    if cuda:  # the encoders are done: give their memory to training (the VAE stays for the samples)
-        pipe.text_encoder.to("cpu")
-        pipe.text_encoder_2.to("cpu")
-        torch.cuda.empty_cache()
+
+    def encode():
+        items = encode_latents(pipe, dataset.photos, config.resolutions, config.trigger, device, dtype)
+        return items, encode_texts(pipe, [it.caption for it in items] + [""] + sample_prompts, device,
+                                   settings.max_sequence_length)
+
+    # the text encoders and the VAE on the device, encode, the text encoders freed, then the transformer
+    items, texts = encode_before_training(pipe, device, encode)
     vae_shift = pipe.vae.config.shift_factor or 0.0
     vae_scale = pipe.vae.config.scaling_factor
     sched_cfg = dict(pipe.scheduler.config)

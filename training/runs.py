@@ -8,7 +8,9 @@ restart loses nothing: runs that were queued or running are started again with `
 from their last checkpoint. On shutdown a running training is asked to stop (it checkpoints first).
 
 Sharing one GPU with generation: see ``admit`` (a training starts only when enough GPU memory is free;
-image generation is never paused, it keeps being served while a training runs, more slowly).
+image generation is never paused, it keeps being served while a training runs, more slowly). A training that
+registers a task also makes the serving engine back up the weights its LoRA touches (fused strategy: up to
+16 GiB in bf16 for our trainer's targets on FLUX.1-dev, bench/flux_memory.py); admission counts that too.
 
 Several processes on one trainings folder (Ray ingress replicas, the two ingresses of a rolling update): each
 takes uploads and answers for every run (all of it is files), but only one *supervises* (starts the queued
@@ -61,8 +63,39 @@ _BACKOFF_MAX_S = 30.0
 _CHECKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-check")
 
 
+GIB = 1024**3
+
+
+def served_lora_backup_bytes(engine) -> int:
+    """GPU bytes the serving engine's fused backup grows by when it serves a LoRA written by our trainer (its
+    ``TARGET_MODULES`` on the transformer, weights not backed up yet); 0 for other strategies or no weights."""
+    need = getattr(getattr(engine, "adapters", None), "device_backup_needed", None)
+    transformer = getattr(getattr(engine, "pipe", None), "transformer", None)
+    if need is None or transformer is None:
+        return 0
+    import torch
+
+    from training.config import TARGET_MODULES
+
+    names = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)
+             and any(n == t or n.endswith("." + t) for t in TARGET_MODULES)]
+    return need("transformer", names)
+
+
+def _cuda_free_bytes(device: str) -> int:
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return free
+
+
 class TrainingRuns:
-    def __init__(self, settings: Settings, *, demo: bool, device: str, on_task=None) -> None:
+    def __init__(self, settings: Settings, *, demo: bool, device: str, on_task=None, backup_need=None,
+                 free_memory=None) -> None:
+        #: () -> bytes the serving engine's fused backup adds when it serves the trained LoRA (a task)
+        self.backup_need = backup_need or (lambda: 0)
+        #: () -> free bytes on the training's GPU (torch.cuda.mem_get_info)
+        self.free_memory = free_memory or (lambda: _cuda_free_bytes(self.device))
         self.settings = settings
         #: called with the task name when a run that registered a task succeeds (the app serves it at once)
         self.on_task = on_task
@@ -128,24 +161,26 @@ class TrainingRuns:
         return sorted(runs, key=lambda r: (r["created"] if isinstance(r["created"], (int, float)) else 0, r["id"]))
 
     # ------------------------------------------------------------------ submit
-    def admit(self) -> None:
-        """GPU sharing policy: refuse (503, retry later) unless enough GPU memory is free for a training
-        next to the resident serving model; generation itself is never paused."""
+    def admit(self, registers_task: bool = False) -> None:
+        """GPU sharing policy: refuse (503, retry later) unless enough GPU memory is free for a training next
+        to the resident serving model (``FLUX_TRAINING_MIN_FREE_GPU_GIB``) plus, when the run registers a task,
+        the fused backup the serving engine will add for its LoRA; generation itself is never paused."""
         if not self.device.startswith("cuda"):
             return
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(torch.device(self.device))
+        free = self.free_memory() / GIB
         need = self.settings.training_min_free_gpu_gib
-        if free / 1024**3 < need:
-            raise Overloaded(f"not enough free GPU memory to train: {free / 1024**3:.1f} GiB free, about {need:g} GiB "
-                             "needed (rank 16, bf16, gradient checkpointing); retry when generation load is lower")
+        backup = self.backup_need() / GIB if registers_task else 0.0
+        if free < need + backup:
+            extra = (f" + {backup:.1f} GiB for the fused backup of the LoRA the registered task will serve"
+                     if backup else "")
+            raise Overloaded(f"not enough free GPU memory to train: {free:.1f} GiB free, {need:g} GiB needed for the "
+                             f"training (FLUX_TRAINING_MIN_FREE_GPU_GIB){extra}; retry when generation load is lower")
 
     def submit(self, files: Sequence[tuple[object, bytes | BinaryIO]], values: Mapping[str, object]) -> dict:
         """Check everything a run is asked (fields, names, file names, photos) and queue it; every refusal
         comes before the run exists: 422 naming the field or the files, 409 for a name in use, 413."""
-        self.admit()
         options = parse_options(values)
+        self.admit(registers_task=bool(options.task))
         config = options.config(demo=self.demo)
         with self._reserve(options):
             replaces = check_names_free(self.settings, options)

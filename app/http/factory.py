@@ -20,6 +20,7 @@ exit status 70, if the worker thread dies. A configuration error found during st
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -92,7 +93,8 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
             if eng is None:
                 from pipelines.engine import FluxEngine
 
-                load = backend.load_engine if backend is not None else FluxEngine.from_settings
+                load = (backend.load_engine if backend is not None else
+                        functools.partial(FluxEngine.from_settings, serving=True))  # FLUX_COMPILE=auto: on
                 eng = await asyncio.to_thread(load, settings)
             if eng.is_demo:
                 logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")

@@ -41,6 +41,19 @@ class _Compilations:
         yield family
 
 
+class _EagerImages:
+    """Images a compiled engine ran eagerly because their size was not compiled at start-up."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+
+    def collect(self):
+        family = CounterMetricFamily("flux_eager_images", "Images of a size not compiled at start-up "
+                                     "(FLUX_COMPILE_WARMUP_SIZES), run eagerly instead of compiling on the request.")
+        family.add_metric([], float(self._read()))
+        yield family
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -68,6 +81,10 @@ class Metrics:
         counter = getattr(engine, "compilations", None)
         self._compilations = _Compilations(lambda: counter.total if counter is not None else 0)
         self.registry.register(self._compilations)
+        if getattr(self, "_eager", None) is not None:
+            self.registry.unregister(self._eager)
+        self._eager = _EagerImages(lambda: getattr(counter, "eager_images", 0))
+        self.registry.register(self._eager)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,7 +59,10 @@ def engine_deployment(max_loras: int):
 
                 threads = max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
                 torch.set_num_threads(threads)  # one replica = its num_cpus, never the whole host
-            self.engine = FluxEngine.from_settings(settings)
+            self.engine = FluxEngine.from_settings(settings, serving=True)
+            # torch.compile: the expected sizes compile here, before Serve routes a request to this replica;
+            # any other size runs eagerly (pipelines/compile.py)
+            self.engine.warm_up()
             # Every task LoRA was read and checked at construction (a bad file stops start-up, as in one
             # process); from now on the replica's LRU decides which ones stay resident (lora_lru.py).
             for adapter in self.engine.resident_adapters():

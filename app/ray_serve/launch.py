@@ -3,9 +3,14 @@
 ``build_app(args)`` is the application builder (``import_path: app.ray_serve:build_app`` in
 deploy/serve_config.yaml); ``args`` may override ``replicas``, ``max_loras``, ``cpus_per_replica`` and
 ``ingress_replicas`` (default 1; deploy/serve_config.yaml runs 2, so a redeploy always leaves one serving), and
-everything else comes from the usual ``FLUX_*`` settings of the node that builds it.
-Replicas ask Ray for one GPU each when the host has CUDA (``num_gpus=1``), otherwise
-``FLUX_RAY_CPUS_PER_REPLICA`` CPUs.
+everything else comes from the usual ``FLUX_*`` settings of the node that builds it. Replicas ask Ray for
+``FLUX_RAY_GPUS_PER_REPLICA`` GPUs each (default 1; 0.5 shares a GPU between two replicas, each holding a
+whole model) when the host has CUDA, otherwise ``FLUX_RAY_CPUS_PER_REPLICA`` CPUs.
+
+Why a start-up check: Ray does not refuse replicas it cannot place; they wait for a GPU forever and the
+service never becomes ready. ``flux-service serve --ray`` therefore compares replicas x GPUs per replica
+with the GPUs of the cluster it runs on and stops with a ``ConfigError`` naming both numbers.
+(``serve deploy`` / KubeRay builds skip the check: an autoscaling cluster adds GPU nodes on demand.)
 
 Shutdown timing: Ray Serve force-kills a replica ``graceful_shutdown_timeout_s`` after it asked it to stop
 (a rolling update, ``serve.delete``). Both deployments get ``FLUX_SHUTDOWN_GRACE_S`` plus ``STOP_MARGIN_S``:
@@ -41,10 +46,27 @@ def build_app(args: dict):
     """The Serve application builder (Ray calls it with the config file's ``args``)."""
     from pipelines.settings import load_settings
 
-    return _build(args, load_settings())
+    return build_application(args, load_settings())
 
 
-def _build(args: dict | None, settings, extend_app=None):
+def engine_actor_options(settings, replicas: int, cpus: float, *, cuda: bool, cluster_gpus: float | None) -> dict:
+    """What each engine replica asks Ray for. On CUDA ``FLUX_RAY_GPUS_PER_REPLICA`` GPUs (and one CPU); more
+    replicas than the cluster's GPUs can hold (``cluster_gpus``; None: not checked) is a ``ConfigError``."""
+    if not cuda:
+        return {"num_cpus": cpus}
+    per = settings.ray_gpus_per_replica
+    if cluster_gpus is not None and replicas * per > cluster_gpus + 1e-9:
+        raise ConfigError(
+            f"--replicas {replicas} with FLUX_RAY_GPUS_PER_REPLICA={per:g} needs {replicas * per:g} GPU(s), but the "
+            f"Ray cluster has {cluster_gpus:g}: the replicas that do not fit would wait for a GPU forever. Use "
+            f"--replicas {max(1, int(cluster_gpus // per))} (FLUX_RAY_REPLICAS), or share GPUs with "
+            "FLUX_RAY_GPUS_PER_REPLICA=0.5 if one GPU holds two models (bench/flux_memory.py)")
+    return {"num_gpus": per, "num_cpus": 1}
+
+
+def build_application(args: dict | None, settings, extend_app=None, cluster_gpus: float | None = None):
+    """The Serve application (ingress + engine deployment) for ``settings``; ``cluster_gpus``: the GPUs of the
+    cluster the replicas must fit on (None: not checked)."""
     from ray import serve
 
     from app.ray_serve.engine_deployment import _cuda, engine_deployment
@@ -56,7 +78,7 @@ def _build(args: dict | None, settings, extend_app=None):
     cpus = float(args.get("cpus_per_replica", settings.ray_cpus_per_replica))
     ingresses = int(args.get("ingress_replicas", 1))
     gpu = settings.device != "cpu" and _cuda()
-    actor = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": cpus}
+    actor = engine_actor_options(settings, replicas, cpus, cuda=gpu, cluster_gpus=cluster_gpus)
     stop_s = settings.shutdown_grace_s + STOP_MARGIN_S
     engine = serve.deployment(
         engine_deployment(max_loras), name="FluxEngine", num_replicas=replicas, max_ongoing_requests=1,
@@ -108,10 +130,12 @@ def start(settings, replicas: int, *, num_cpus: int | None = None, blocking: boo
     if not ray.is_initialized():
         connect(num_cpus=num_cpus)
     # Serve's controller and proxies say only what goes wrong; our deployments log at INFO (the per-image line)
+    # checked before Serve starts: more replicas than GPUs is a start-up error, not replicas waiting forever
+    application = build_application({"replicas": replicas}, settings, extend_app,
+                                     cluster_gpus=float(ray.cluster_resources().get("GPU", 0.0)))
     serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config={"log_level": "WARNING"})
     started = time.perf_counter()
-    serve.run(_build({"replicas": replicas}, settings, extend_app), name=APP_NAME, route_prefix="/",
-              blocking=blocking)
+    serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
     where = (f"http://{settings.host}:{settings.port}" if not os.environ.get("RAY_ADDRESS") else
              "the cluster's Serve HTTP proxy (FLUX_HOST/FLUX_PORT apply only where Serve was not running yet)")
     logger.info("Ray Serve: %d engine replica(s) ready in %.1fs on %s", replicas, time.perf_counter() - started,

@@ -4,26 +4,37 @@ Why: unfused PEFT layers cost about +12% per denoising step on an H100 (shared/A
 targeted linear layer, which makes ``torch.compile`` slow to compile and recompile whenever a scale changes.
 Here no module is ever wrapped: on activation each touched weight (or bias) becomes
 
-    W = cast(float32(W0) + sum_i s_i * delta_i)                     (computed in float32, cast once)
+    W = W0 + sum_i s_i * delta_i
 
 where ``delta_i`` is LoRA ``i``'s recipe for that tensor (pipelines/lora/deltas.py: ``scale * B @ A``, a LoKr
 Kronecker or LoHa Hadamard product, a stored ``diff``/bias delta; DoRA rescales the rows of what is merged
-before it to the trained magnitude, with the row norms taken on ``W0``, as PEFT does at that strength),
+before it to the trained magnitude, with the row norms taken on ``W0``, as PEFT does at that strength).
 
-and a weight that no active LoRA touches is put back by a plain copy of its backup ``W0``. So
+When every term on a weight is a plain LoRA (the common case, and every file our trainer writes), the sum is
+computed as ``W.copy_(W0); W.addmm_(B, A, alpha=s)``: the backup is copied in, then one matrix product adds the
+LoRA inside the GEMM kernel, which accumulates in float32 and rounds once into the weight's dtype (bf16 on a
+GPU). Several LoRAs on one weight have their ranks stacked, ``[B_1 | B_2] @ [s_1 A_1 ; s_2 A_2]``: still one
+``addmm_``, one rounding. The LoRA factors are kept in the weight's dtype, as PEFT keeps them. A weight that no
+active LoRA touches is put back by a plain copy of ``W0``. Other kinds (LoKr, LoHa, ``diff``, DoRA) are summed
+in float32 from ``W0`` and cast once. So
 
 - strength 0 (or no LoRA) is bit-identical to the base model, and switching back and forth leaves no
   residue: every state is computed from ``W0``, never by subtracting a delta (``unfuse_lora`` drifts in bf16);
 - the forward graph never changes: a compiled transformer sees new weight *values* only, never recompiles;
-- the step costs what the base model costs; a switch costs one copy + one rank-r matmul per touched weight
-  (17.7 ms for 342 weights of FLUX.1-dev on an H100, shared/ANCHORS.md).
+- the step costs what the base model costs; a switch is memory-bound and moves each touched weight once each
+  way twice (copy in, ``addmm_``): 8 bytes per bf16 parameter, about 43 GB for the 342 weights (5.4 B
+  parameters) of a rank-16 attention + feed-forward LoRA on FLUX.1-dev. The former arithmetic (backup to
+  float32, add, cast back) moved 20 bytes per parameter, 108 GB (tests/test_fused_switch_bytes.py counts them).
+  The anchor's fused exact switch: 17.7 ms for those 342 weights on an H100 (shared/ANCHORS.md).
 
-The price is the backup: one copy of every weight any resident LoRA touches (about 10 GiB in bf16 for a
-typical attention + feed-forward LoRA on FLUX.1-dev). ``FLUX_FUSED_BACKUP`` says where it lives:
+The price is the backup: one copy of every weight any resident LoRA touches (10.0 GiB in bf16 for a rank-16
+attention + feed-forward LoRA on FLUX.1-dev, 16.0 GiB for our trainer's targets: bench/flux_memory.py).
+``FLUX_FUSED_BACKUP`` says where it lives:
 
 - ``device``: on the GPU; a restore is a device-to-device copy (fast), the memory is gone for activations;
-- ``cpu``: in pinned host memory; a restore crosses PCIe (about 10 GiB at ~25 GB/s: ~0.4 s for a full restore,
-  paid only for the weights that change), GPU memory stays free;
+- ``cpu``: in pinned host memory, in the weight's dtype; a restore is an asynchronous copy from pinned memory
+  (``non_blocking``: a DMA over PCIe, about 10 GiB at ~25 GB/s: ~0.4 s for a full restore, paid only for the
+  weights that change), any conversion happens on the device; GPU memory stays free;
 - ``auto`` (default): on the GPU while at least ``_DEVICE_RESERVE_FRACTION`` of it stays free, else pinned
   host memory, decided per weight as LoRAs are loaded. On a CPU-only machine both are plain host memory.
 
@@ -35,10 +46,10 @@ from the backup), so this strategy accepts every file the readers accept.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipelines.errors import AdapterError, AdapterMismatch
-from pipelines.lora.deltas import Dora, merge_terms
+from pipelines.lora.deltas import Dora, LowRank, merge_terms
 from pipelines.lora.files import check_fits, linear_shapes
 from pipelines.lora.weights import COMPONENTS, LoraWeights
 
@@ -54,7 +65,9 @@ Target = tuple[tuple[str, float], ...]
 class _Delta:
     key: tuple[str, str]  # (component, module name)
     param: str  # "weight" | "bias"
-    recipe: object  # pipelines.lora.deltas.Recipe at strength 1.0, float32, on the tensor's device
+    #: pipelines.lora.deltas.Recipe at strength 1.0 on the tensor's device: a plain LoRA's factors in the
+    #: weight's dtype (as PEFT keeps them; the fast path's addmm_ needs them so), any other kind in float32
+    recipe: object
 
     @property
     def slot(self) -> tuple[str, str, str]:
@@ -100,6 +113,22 @@ class FusedAdapters:
             out["host" if t.device.type == "cpu" else "device"] += t.numel() * t.element_size()
         return out
 
+    def device_backup_needed(self, component: str, module_names) -> int:
+        """Bytes of accelerator memory a LoRA on ``module_names`` of ``component`` would add to the backup:
+        its weights not backed up yet, when the backup may live on the device (``device``; ``auto`` counted
+        as device: it prefers the GPU). 0 with ``FLUX_FUSED_BACKUP=cpu`` or for weights in host memory. The
+        training admission counts it for the LoRA a training will register (training/runs.py)."""
+        if self._backup_mode == "cpu":
+            return 0
+        modules = dict(getattr(self._pipe, component).named_modules())
+        total = 0
+        for name in module_names:
+            weight = getattr(modules.get(name), "weight", None)
+            if weight is None or (component, name, "weight") in self._backup or weight.device.type == "cpu":
+                continue
+            total += weight.numel() * weight.element_size()
+        return total
+
     # ------------------------------------------------------------------ load
     def load(self, name: str, lora: LoraWeights) -> None:
         import torch
@@ -119,7 +148,7 @@ class FusedAdapters:
                         self._backup[slot] = self._make_backup(tensor)
                         self._weights[slot] = tensor
                         new_backups.append(slot)
-                    deltas.append(_Delta(key=(comp, module), param=param, recipe=recipe.to(tensor.device)))
+                    deltas.append(_Delta(key=(comp, module), param=param, recipe=_resident(recipe, tensor)))
         except BaseException:
             for slot in new_backups:  # leave no half-loaded state behind
                 if slot not in self._dirty:
@@ -156,7 +185,7 @@ class FusedAdapters:
     def _make_backup(self, weight):
         import torch
 
-        if weight.device.type == "cpu":
+        if weight.device.type != "cuda":  # CPU (and the meta device of bench/flux_memory.py): a plain copy
             return weight.detach().clone()
         on_device = self._backup_mode == "device"
         if self._backup_mode == "auto":
@@ -200,11 +229,7 @@ class FusedAdapters:
             for key in self._dirty - set(wanted):
                 self._weights[key].copy_(self._backup[key], non_blocking=True)
             for key, terms in wanted.items():
-                weight = self._weights[key]
-                merged = self._backup[key].to(device=weight.device, dtype=torch.float32, copy=True)
-                base = merged.clone() if any(isinstance(r, Dora) for r, _ in terms) else None
-                merge_terms(merged, base, terms)
-                weight.copy_(merged)  # the one cast to the model's dtype
+                _merge(self._weights[key], self._backup[key], terms)
         self._dirty = set(wanted)
 
     def _restore_all(self) -> None:
@@ -216,3 +241,42 @@ class FusedAdapters:
                 self._weights[key].copy_(self._backup[key])
         self._dirty, self._active, self._known = set(), (), True
         logger.error("a LoRA switch failed; every fused weight was restored to the base model")
+
+
+def _resident(recipe, tensor):
+    """``recipe`` as the fused strategy keeps it on ``tensor``'s device: a plain LoRA in the tensor's dtype
+    (the fast path multiplies its factors inside ``addmm_``), every other kind in float32."""
+    if type(recipe) is LowRank:
+        return replace(recipe, up=recipe.up.to(tensor.device, tensor.dtype).contiguous(),
+                       down=recipe.down.to(tensor.device, tensor.dtype).contiguous())
+    return recipe.to(tensor.device)
+
+
+def _merge(weight, backup, terms: list[tuple[object, float]]) -> None:
+    """``weight <- W0 + the terms`` [(recipe, strength), ...], from the backup, never from the current weight.
+
+    Plain LoRAs only (the fast path): in the weight's own dtype, moving each byte as few times as possible: the
+    backup is copied in (from pinned host memory without blocking the host), then one ``addmm_`` (float32
+    accumulation inside the kernel, one rounding). Several LoRAs: ranks stacked, each strength folded into its
+    ``down`` (an elementwise product rounded once, on a tensor of rank x in_features).
+    Any other kind (LoKr, LoHa, full or bias deltas, DoRA): the backup is brought to the device as it is stored
+    (non-blocking from pinned memory), converted there to float32, the recipes added in the active set's order
+    (``merge_terms``), and the result cast once into the weight."""
+    import torch
+
+    if all(type(recipe) is LowRank for recipe, _ in terms):
+        weight.copy_(backup, non_blocking=True)
+        if len(terms) == 1:
+            recipe, s = terms[0]
+            weight.addmm_(recipe.up, recipe.down, alpha=s * recipe.scale)
+            return
+        up = torch.cat([recipe.up for recipe, _ in terms], dim=1)
+        down = torch.cat([recipe.down * (s * recipe.scale) for recipe, s in terms], dim=0)
+        weight.addmm_(up, down)
+        return
+    merged = backup.to(weight.device, non_blocking=True).to(torch.float32)
+    if merged.data_ptr() == backup.data_ptr():  # already float32 on this device: work on a copy
+        merged = merged.clone()
+    base = merged.clone() if any(isinstance(recipe, Dora) for recipe, _ in terms) else None
+    merge_terms(merged, base, terms)
+    weight.copy_(merged)  # the one cast to the model's dtype

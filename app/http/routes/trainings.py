@@ -7,7 +7,8 @@ naming every bad file, 413 past the limits), all before it answers 202 with the 
 they survive a restart of the service and resume from their last checkpoint.
 
 GPU sharing (one GPU): generation is never paused. On CUDA a training is admitted only when at least
-``FLUX_TRAINING_MIN_FREE_GPU_GIB`` (30) GiB are free next to the serving model, else 503 with Retry-After;
+``FLUX_TRAINING_MIN_FREE_GPU_GIB`` (30) GiB are free next to the serving model, plus the fused backup the
+serving engine will add for the LoRA when the run registers a task, else 503 with Retry-After;
 while it runs, images keep being generated, more slowly. On the CPU both simply share the cores.
 
 A registered ``task`` is written to the task table when the run succeeds and is served at once (the
@@ -153,7 +154,7 @@ def install_trainings(app: FastAPI, settings, guarded, responses: dict | None = 
     @asynccontextmanager
     async def lifespan(a):
         async with inner(a) as state:
-            from training.runs import TrainingRuns
+            from training.runs import TrainingRuns, served_lora_backup_bytes
 
             engine = a.state.engine
 
@@ -164,7 +165,8 @@ def install_trainings(app: FastAPI, settings, guarded, responses: dict | None = 
                 engine.add_task(table.get(name), table.loras)
 
             runs = TrainingRuns(settings, demo=bool(getattr(engine, "is_demo", False)),
-                                device=str(getattr(engine, "device", "cpu")), on_task=serve_task)
+                                device=str(getattr(engine, "device", "cpu")), on_task=serve_task,
+                                backup_need=lambda: served_lora_backup_bytes(engine))
             a.state.trainings = await asyncio.to_thread(runs.start)
             a.state.training_feeds = TrainingFeeds(runs)
             try:

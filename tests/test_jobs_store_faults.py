@@ -75,6 +75,14 @@ def rows_on_disk(data_dir) -> dict[str, str]:
         db.close()
 
 
+def lock_held_elsewhere(data_dir) -> bool:
+    """Another process holds the database's write lock (a third process cannot take it at once)."""
+    code = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+            "try:\n    db.execute('BEGIN IMMEDIATE')\nexcept sqlite3.OperationalError:\n    sys.exit(3)\nsys.exit(0)")
+    out = subprocess.run([sys.executable, "-c", code, str(data_dir / "jobs.sqlite3")], timeout=60)
+    return out.returncode == 3
+
+
 def overwrite_with_random_bytes(data_dir) -> None:
     """The issue's attack: the database and its WAL and shared-memory files, random bytes of the same size. From
     another process, as an attacker would (a descriptor opened and closed here would also drop this process's
@@ -126,6 +134,7 @@ def test_a_database_locked_by_another_process_keeps_the_job_known_and_writes_it_
             assert ready.json()["status"] == "storage_unavailable" and "locked" in ready.json()["reason"]
             assert c.get(f"/api/jobs/{job}/image").status_code == 200
             refused = c.post("/api/jobs", data=TINY)  # a new job cannot be written: refused, not lost
+            assert lock_held_elsewhere(data), "the holder lost its lock: the test's premise, not the service"
             assert refused.status_code == 503 and refused.json()["error"]["type"] == "storage_unavailable"
             assert int(refused.headers["retry-after"]) >= 1
             assert rows_on_disk(data)[job] == "running"  # not written yet...

@@ -78,9 +78,9 @@ def build_pipeline(cfg: dict, device: str, dtype):
     """A diffusers FluxPipeline with random weights, created directly on ``device`` in ``dtype``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    from pipelines.demo_model import _clip_tokenizer, _t5_tokenizer  # our offline tokenizers (no download)
+    from pipelines.demo_model import clip_tokenizer, t5_tokenizer  # our offline tokenizers (no download)
 
-    clip_tok, t5_tok = _clip_tokenizer(), _t5_tokenizer()
+    clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     cfg = {**cfg, "t5": dict(cfg["t5"]), "clip": dict(cfg["clip"])}
     cfg["t5"]["vocab_size"] = cfg["t5"]["vocab_size"] or len(t5_tok.get_vocab())
     cfg["clip"]["vocab_size"] = cfg["clip"]["vocab_size"] or len(clip_tok.get_vocab())

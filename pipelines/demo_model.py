@@ -194,8 +194,8 @@ def _build_pipeline(torch):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    clip_tok = _clip_tokenizer()
-    t5_tok = _t5_tokenizer()
+    clip_tok = clip_tokenizer()
+    t5_tok = t5_tokenizer()
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
@@ -285,7 +285,7 @@ def _strip_library_versions(folder: Path) -> None:
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _clip_tokenizer():
+def clip_tokenizer():
     """A byte-level BPE tokenizer in CLIP's format: every byte is a token, known words merge to one."""
     from transformers import CLIPTokenizer
 
@@ -312,7 +312,7 @@ def _clip_tokenizer():
     return tok
 
 
-def _t5_tokenizer():
+def t5_tokenizer():
     """A unigram tokenizer in T5's format whose vocabulary, like T5-XXL's, has no CJK characters."""
     from transformers import T5Tokenizer
 

@@ -50,13 +50,21 @@ class ShuttingDown(NotReady):
 
 
 class StorageError(NotReady):
-    """The job database or data folder could not be written; the job was not accepted."""
+    """The job database or data folder cannot be used now (locked by another process, disk full, damaged and not
+    repaired): a new job is not accepted, a finished job cannot be looked up, an image could not be saved."""
 
     type = "storage_unavailable"
 
 
 class NotFound(FluxServiceError):
     type = "not_found"
+
+
+class ImageCorrupt(FluxServiceError):
+    """A stored job image no longer matches the sha256 recorded when it was written (changed or damaged on disk):
+    500, because the fault is the server's storage, and the file is not served (a wrong picture is worse)."""
+
+    type = "image_corrupt"
 
 
 class Conflict(FluxServiceError):
@@ -111,6 +119,7 @@ _STATUS: list[tuple[type[FluxServiceError], int]] = [
     (ModelUnavailable, 503),
     (Cancelled, 503),  # only seen by a client when the service shuts down under its request
     (DeadlineExceeded, 504),
+    (ImageCorrupt, 500),
     (AdapterError, 500),  # every adapter is checked at start-up; one failing per request is our bug
     (ConfigError, 500),
 ]

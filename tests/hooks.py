@@ -1,4 +1,5 @@
-"""Test-only routes (``/_test/fault``, ``/_test/step-delay``), added by tests to the apps they build.
+"""Test-only routes (``/_test/fault``, ``/_test/step-delay``, ``/_test/kill-worker``), added by tests to the apps
+they build.
 
 Why here and not in ``app/``: fault injection must never ship in a product path that a misconfigured server
 could expose. Tests add the router to the app object they create (``hooked(create_app(...))``); servers in
@@ -6,7 +7,8 @@ their own process run one of the entry points below instead of the product's.
 
 They make fault and timing tests deterministic without a GPU: inject a CUDA out-of-memory error into the
 next denoising step, or slow every denoising step down so a test can cancel, fill the queue or pass a
-deadline while a job is surely running.
+deadline while a job is surely running, or stop the worker thread itself (an exception raised inside it that
+no ``except Exception`` catches, as a bug in the loop would) to test what a dead worker does to the service.
 
 Entry points: ``uvicorn --factory tests.hooks:create_app`` (as ``app.main:create_app``), ``uvicorn
 tests.hooks:app`` (as ``app.main:app``) and ``python -m tests.hooks serve ...`` (as ``flux-service serve``).
@@ -45,6 +47,21 @@ async def inject_fault(fault: Fault, request: Request) -> dict:
 async def set_step_delay(delay: StepDelay, request: Request) -> dict:
     worker_of(request).step_delay_s = delay.seconds
     return {"step_delay_s": delay.seconds}
+
+
+class InjectedCrash(BaseException):
+    """Raised inside the worker thread by ``/_test/kill-worker`` (a BaseException: it stops the thread)."""
+
+
+@router.post("/kill-worker")
+async def kill_worker(request: Request) -> dict:
+    """Raise ``InjectedCrash`` in the worker thread at its next Python instruction (it must be running: slow the
+    steps down and start a job first; a thread waiting for work would only see it when woken)."""
+    import ctypes
+
+    thread = worker_of(request).thread
+    hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(InjectedCrash))
+    return {"raised_in": hit}
 
 
 def hooked(app: FastAPI) -> FastAPI:

@@ -81,3 +81,23 @@ def test_long_header_values_are_cut_with_a_marker_not_silently():
     assert len(out) <= 2048 and out.isascii()
     assert json.loads(out).endswith(CUT_MARK) and json.loads(out).startswith("科" * 100)
     assert capped_json(["x" * 50] * 100, limit=300).endswith(json.dumps(CUT_MARK, ensure_ascii=True) + "]")
+
+
+def test_prompt_warnings_header_is_cut_like_the_other_prompt_headers(client):
+    """Issue 17 item 12: a 2000-character prompt gave a 29 KB X-Prompt-Warnings (the X-Prompt-* headers are cut at
+    2048 characters); it is cut the same way and says so, the full list stays in the PNG metadata."""
+    # rare characters (CJK extension B) no stage can translate: the warning that says so quotes them
+    r = client.post("/api/generate-image", data={"prompt": "𠀀𠀁𠀂" * 666, **SMALL})
+    assert r.status_code == 200, r.text
+    raw = r.headers["x-prompt-warnings"]
+    assert len(raw) <= 2048 and raw.isascii()
+    cut = json.loads(raw)
+    assert cut[-1].endswith(CUT_MARK)
+    full = png_info(r.content)[1]["warnings"]  # the whole list, as before
+    assert len(json.dumps(full, ensure_ascii=True)) > 2048
+    assert cut[:-1] == full[:len(cut) - 1] and full[len(cut) - 1].startswith(cut[-1][:-len(CUT_MARK)])
+
+
+def test_a_list_whose_first_item_alone_is_too_long_keeps_its_start():
+    out = capped_json(["y" * 5000, "z"], limit=300)
+    assert len(out) <= 300 and json.loads(out)[0].startswith("y" * 100) and json.loads(out)[-1].endswith(CUT_MARK)

@@ -33,6 +33,7 @@ def app_client(engine):
 def run_job(c, **fields) -> str:
     job_id = c.post("/api/jobs", data={**TINY, **fields}).json()["id"]
     wait_until(lambda: c.get(f"/api/jobs/{job_id}").json()["status"] == "succeeded", timeout=60)
+    wait_until(lambda: c.app.state.jobs.live(job_id) is None, timeout=5)  # its end written, retention applied
     return job_id
 
 

@@ -56,3 +56,20 @@ def test_no_preview_events_unless_asked(client):
     job = submit(client, num_inference_steps="4")
     names = [n for n, _ in read_events(client, job)]
     assert "preview" not in names and names[-1] == "succeeded"
+
+
+def test_a_finished_jobs_preview_stream_replays_its_terminal_event(engine):
+    """Issue 17 item 9: `?preview=true` on a job that finished (only its row is left) was a 200 and then a broken
+    stream (AttributeError: 'StoredJob' object has no attribute 'preview_watchers')."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import make_settings
+    from tests.http_support import wait_until
+
+    with TestClient(create_app(make_settings(), engine=engine)) as c:
+        job = submit(c, num_inference_steps="2", width="32", height="32")
+        wait_until(lambda: c.get(f"/api/jobs/{job}").json()["status"] == "succeeded", timeout=60)
+        wait_until(lambda: c.app.state.jobs.live_count() == 0, timeout=5)  # a row now, no Job object
+        events = read_events(c, job, "?preview=true")
+    assert [n for n, d in events] == ["succeeded"] and events[0][1]["id"] == job

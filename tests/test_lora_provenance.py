@@ -127,3 +127,15 @@ def test_a_stray_config_yaml_beside_a_lora_does_not_block_it(tmp_path, demo_root
     (tmp_path / "config.yaml").write_text("key: [unclosed\n", encoding="utf-8")
     lora = read_lora(tmp_path / "lora.safetensors")
     assert (lora.format, lora.trigger_words) == ("diffusers", [])
+
+
+def test_demo_stand_in_warning_names_no_server_path(demo_root, tmp_path, caplog):
+    """Issue 17 item 15: with an absolute FLUX_MODELS_DIR the warning every result carries (X-Adapter-Warnings,
+    info.warnings, /api/tasks) named the server's folders; clients get the path relative to the models folder,
+    the operator's log line keeps the full one."""
+    models = tmp_path / "models"
+    caplog.set_level(logging.INFO, logger="pipelines")
+    where = locate_lora(models / "lora" / "host_person", models_dir=models, demo_root=demo_root, task="host_face")
+    assert where.demo_substitute and str(tmp_path) not in where.note and str(demo_root) not in where.note
+    assert "lora/host_person" in where.note and "FLUX_MODELS_DIR" in where.note
+    assert any(str(models) in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -149,3 +149,16 @@ def test_uvicorn_with_an_empty_api_key_stops_with_one_line(tmp_path, target):
     assert r.returncode == 3
     assert "Traceback" not in r.stderr + r.stdout
     assert "error (config_error): invalid setting: FLUX_API_KEY: is set but empty" in r.stderr
+
+
+@pytest.mark.parametrize("command", [["-m", "cli", "serve"], ["-m", "uvicorn", "app.main:app"]])
+def test_a_configuration_error_found_at_start_up_is_one_line_without_a_traceback(tmp_path, command):
+    """A bad task table is found inside the lifespan (after uvicorn started): it printed uvicorn's traceback of
+    the lifespan before our line. Now: the one line, and a non-zero exit."""
+    r = subprocess.run([sys.executable, *command, "--port", str(_free_port())], cwd=tmp_path,
+                       env=_env(FLUX_TASKS_FILE=str(tmp_path / "missing.toml"), FLUX_DATA_DIR=str(tmp_path / "data")),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr + r.stdout
+    errors = [line for line in r.stderr.splitlines() if "missing.toml" in line]
+    assert len(errors) == 1 and errors[0].startswith("error (config_error): task table ")

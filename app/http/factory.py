@@ -12,7 +12,9 @@ did not finish back into the queue, starts the worker, and keeps taking over the
 gone (``app/jobs/sharing.py``). Shutdown starts at the signal, not at the lifespan
 (see ``app/jobs/shutdown.py``): refuse new work, answer queued direct requests 503, keep queued jobs on disk, let
 the running image finish for ``shutdown_grace_s``, then let uvicorn close. Without a signal (tests, an
-embedding server) the lifespan's end runs the same drain.
+embedding server) the lifespan's end runs the same drain. A watchdog task stops the process the same way, with
+exit status 70, if the worker thread dies. A configuration error found during start-up is one line on stderr
+(``app/http/startup_errors.py``), not a traceback.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from app.http.routes.page import install_page
 from app.http.routes.trainings import install_trainings
 from app.http.schemas import params_model
 from app.http.security import ApiKeyGuard, require_api_key
+from app.http.startup_errors import StartupErrors
 from app.jobs import JobStore, pending_jobs
 from app.jobs.sharing import StoreSync
-from app.jobs.shutdown import SignalDrain
+from app.jobs.shutdown import SignalDrain, watch_worker
 from app.jobs.worker import Worker
-from pipelines.errors import ConfigError, FluxServiceError
+from pipelines.errors import ConfigError
 from pipelines.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -83,23 +86,16 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
             yield
             return
         _ensure_log_output()
-        try:
-            store = await asyncio.to_thread(JobStore.open, settings)
-        except FluxServiceError as exc:
-            logger.error("start-up failed (%s): %s", exc.type, exc.message)
-            raise
+        # a typed error from here on stops start-up with one line on stderr (app/http/startup_errors.py)
+        store = await asyncio.to_thread(JobStore.open, settings)
         try:
             eng = engine
             if eng is None:
                 from pipelines.engine import FluxEngine
 
-                try:
-                    load = (backend.load_engine if backend is not None else
-                            functools.partial(FluxEngine.from_settings, serving=True))  # FLUX_COMPILE=auto: on
-                    eng = await asyncio.to_thread(load, settings)
-                except FluxServiceError as exc:
-                    logger.error("start-up failed (%s): %s", exc.type, exc.message)
-                    raise
+                load = (backend.load_engine if backend is not None else
+                        functools.partial(FluxEngine.from_settings, serving=True))  # FLUX_COMPILE=auto: on
+                eng = await asyncio.to_thread(load, settings)
             if eng.is_demo:
                 logger.warning("serving the DEMO model (random weights, noise-like images); set FLUX_MODEL_PATH")
             await asyncio.to_thread(eng.warm_up)  # torch.compile: every expected size, before /ready says 200
@@ -116,6 +112,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
         sync.start()
         signals = SignalDrain(worker, settings.shutdown_grace_s)
         signals.install()
+        watchdog = asyncio.get_running_loop().create_task(watch_worker(worker, signals))  # a dead worker: exit 70
         logger.info("ready: queue size %d, request timeout %gs, jobs in %s%s", settings.queue_size,
                     settings.request_timeout_s, store.data_dir, ", API key required" if settings.api_key else "")
         note = bound_beyond_loopback_note(settings.host, settings.allowed_hosts)
@@ -124,6 +121,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
         try:
             yield
         finally:
+            watchdog.cancel()
             await sync.stop()
             if not worker.draining:
                 logger.info("shutting down: refusing new work, waiting up to %gs for the running image",
@@ -171,6 +169,7 @@ def create_app(settings: Settings | None = None, engine=None, backend=None) -> F
     app.add_middleware(OriginGuard, allowed_origins=settings.cors_origins)  # 403 before any work
     # outermost: the Origin check compares Origin with a Host that must be one of ours (DNS rebinding: 400)
     app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts, bound_host=settings.host)
+    app.add_middleware(StartupErrors)  # lifespan only: a configuration error is one line, not a traceback
     return app
 
 

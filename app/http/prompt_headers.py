@@ -41,20 +41,31 @@ def _json(value) -> str:
 
 
 def capped_json(value, limit: int = MAX_HEADER_CHARS) -> str:
-    """ASCII JSON of a string or a list, cut (with ``CUT_MARK``) so that it fits in ``limit`` characters."""
+    """ASCII JSON of a string or a list, cut (with ``CUT_MARK``) so that it fits in ``limit`` characters.
+
+    A list loses items from its end and gets ``CUT_MARK`` as its last item; when its first item alone is too
+    long, that item is cut like a string (ending with the mark), so a reader always sees the start."""
     out = _json(value)
     if len(out) <= limit:
         return out
     if isinstance(value, str):
-        n = len(value)
-        while n > 0 and len(out) > limit:
-            n = n * limit // (len(out) + 1) if n > 1 else 0
-            out = _json(value[:n] + CUT_MARK)
-        return out
+        return _cut_text(value, limit)
     items = list(value)
-    while items and len(out) > limit:
+    while len(items) > 1 and len(_json(items + [CUT_MARK])) > limit:
         items.pop()
-        out = _json(items + [CUT_MARK])
+    out = _json(items + [CUT_MARK])
+    if len(out) <= limit or not items:
+        return out
+    first = items[0] if isinstance(items[0], str) else _json(items[0])
+    return "[" + _cut_text(first, limit - 2) + "]"
+
+
+def _cut_text(value: str, limit: int) -> str:
+    """The JSON string of ``value`` cut short enough (ending with ``CUT_MARK``) to fit in ``limit`` characters."""
+    out, n = _json(value), len(value)
+    while n > 0 and len(out) > limit:
+        n = n * limit // (len(out) + 1) if n > 1 else 0
+        out = _json(value[:n] + CUT_MARK)
     return out
 
 

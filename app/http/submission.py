@@ -7,6 +7,7 @@ submission, so a job's seed is known while it waits and the same request can be 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -32,7 +33,17 @@ async def submit(request: Request, kind: str) -> Job:
         job = Job(request=req, kind=kind, total=plan.num_inference_steps,
                   deadline=time.monotonic() + request.app.state.settings.request_timeout_s,
                   adapter=plan.adapter.name if plan.adapter else None, lora_scale=plan.lora_scale)
-        worker.submit(job)
+        journal = getattr(worker, "journal", None) if kind == "job" else None
+        if journal is not None:
+            # on disk before the 202, written from a thread: the database may wait for a lock (app/jobs/store.py),
+            # and the event loop must keep answering meanwhile
+            await asyncio.to_thread(journal.accepted, job)
+        try:
+            worker.submit(job)  # the journal already has it (recording it again is a no-op)
+        except FluxServiceError:
+            if journal is not None:  # refused after all (queue full, shutting down): not a job to run later
+                await asyncio.to_thread(journal.discard, job)
+            raise
     except FluxServiceError as exc:
         metrics.requests.labels(kind, exc.type).inc()
         raise

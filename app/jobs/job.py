@@ -55,6 +55,7 @@ class Job:
     #: set by whoever wants it stopped; the worker raises it at the next denoising step
     stop_reason: FluxServiceError | None = None
     image_bytes: int = 0  # size of the PNG file in the job store (durable jobs)
+    image_sha256: str | None = None  # its sha256, checked when the file is served
     #: times a worker started it (a restart interrupted the earlier ones); kept in the job store
     attempts: int = 0
     #: set when the service shut down before the job ended: it stays queued on disk and runs after the next start

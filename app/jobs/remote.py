@@ -42,6 +42,7 @@ class RemoteJob(Job):
         self.owner = row["owner"]
         if row["record"] is not None:
             self._record = json.loads(row["record"])
+            self.image_sha256 = row["image_sha256"]  # checked when its image is served
             self.status = self._record["status"]
             self.step = self._record.get("step", self.step)
             if publish:

@@ -15,19 +15,29 @@ the port stays open; when the running image is done (or stopped at the end of th
 on to the server, which now finds only finished responses to wait for. A second signal passes on at once and
 stops the running image at its next step. If the server left its own graceful timeout unset, it is bounded to
 ``SERVER_CLOSE_S`` so a stuck client cannot hold the exit past grace + 5 s.
+
+The same path stops the service when its worker thread has died (``watch_worker`` -> ``SignalDrain.fail``):
+the drain answers what waits, the server closes, and the process exits with ``FAILURE_EXIT_STATUS`` (70) so
+that its supervisor starts a fresh one, which resumes the jobs kept on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import os
 import signal
+import sys
 import threading
 
 logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVER_CLOSE_S = 3  # seconds the server may spend closing connections after the drain
+#: exit status after the worker thread died (EX_SOFTWARE): non-zero, so a supervisor restarts the service
+FAILURE_EXIT_STATUS = 70
+WATCH_S = 0.5  # how often the lifespan looks at the worker thread
 
 
 class SignalDrain:
@@ -37,6 +47,7 @@ class SignalDrain:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
         self._forwarded = False
+        self._failed = False
 
     def install(self) -> bool:
         """Chain in front of the server's handlers (main thread only, and only where a server handles the
@@ -56,6 +67,23 @@ class SignalDrain:
             if signal.getsignal(sig) == self._on_signal:
                 signal.signal(sig, previous)
         self._previous.clear()
+
+    def fail(self, reason: str) -> None:
+        """The worker thread died (``Worker.failure``): stop the process with a non-zero status so that its
+        supervisor (systemd, Kubernetes, Docker's restart policy) starts a fresh one, which resumes the jobs kept
+        on disk. Recover-in-place is not attempted: the engine may have been stopped in the middle of a step.
+        Without a server's signal handler (TestClient, an embedding server) ``/ready`` stays 503 and the embedder
+        decides."""
+        if not self._previous:
+            logger.critical("%s; /ready answers 503 until the service is restarted", reason)
+            return
+        logger.critical("%s; stopping the service (exit status %d) so that its supervisor restarts it; accepted jobs "
+                        "are kept on disk and run after the restart", reason, FAILURE_EXIT_STATUS)
+        atexit.register(_exit_with, FAILURE_EXIT_STATUS)  # after the server's own clean exit
+        self._failed = True
+        self._signals += 1  # a signal from now on stops at once, as a second one does
+        self.worker.begin_drain(self.grace_s)  # (nothing runs any more: the drain only answers what waits)
+        self._loop.create_task(self._forward_when_idle(signal.SIGTERM, None))
 
     # ------------------------------------------------------------------ signal context (main thread)
     def _on_signal(self, sig: int, frame) -> None:
@@ -91,8 +119,29 @@ class SignalDrain:
         previous = self._previous.get(sig)
         _bound_server_close(previous)
         logger.info("shutdown: drained; closing the server")
-        if callable(previous):
+        server = getattr(previous, "__self__", None)
+        if self._failed and hasattr(server, "should_exit"):
+            # uvicorn's way to stop, without a signal: the signals its handler saw are raised again when it exits,
+            # and the process would end by SIGTERM instead of with its failure status
+            server.should_exit = True
+        elif callable(previous):
             previous(sig, frame)
+
+
+async def watch_worker(worker, drain: SignalDrain) -> None:
+    """Lifespan task: when the worker thread has died, stop the service (``SignalDrain.fail``)."""
+    while getattr(worker, "failure", None) is None:
+        await asyncio.sleep(WATCH_S)
+    drain.fail(worker.failure)
+
+
+def _exit_with(status: int) -> None:
+    """Last at-exit step after a failure: uvicorn (and ``flux-service serve``) end with status 0 once their server
+    stopped; the process must tell its supervisor it failed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _bound_server_close(handler) -> None:

@@ -4,12 +4,13 @@ Why SQLite (standard library ``sqlite3``): accepted jobs must survive a restart,
 disk". SQLite gives atomic, fsync'd commits in one local file with no server to run or configure, it ships
 with Python, and one service process writes a few rows per image (nowhere near its limits). Why images as
 files and not BLOBs: a finished job must cost no memory, and a file is served and deleted without touching the
-database; the row holds its name and size so retention can bound the folder by bytes.
+database; the row holds its name, size and sha256 (checked when it is served: a damaged file is an error, never
+a wrong picture), and retention bounds the folder by bytes.
 
-Who writes: the worker thread (the job started, was interrupted, finished) and the event loop (a job was
-accepted); one connection behind one lock. Jobs that are queued or running also live in memory (``_live``:
-the ``Job`` objects the worker and the event streams share); a finished job is only a row and a file, read
-back as a ``StoredJob`` when asked for.
+Who writes: the worker thread (a job started, was interrupted, finished), the event loop's helper threads (a job
+was accepted) and the store's own writer thread (retries); one connection behind one lock. Jobs that are queued or
+running live in memory too (``_live``: the ``Job`` objects the worker and the event streams share); a finished
+job is only a row and a file, read back as a ``StoredJob`` when asked for.
 
 Several processes may open one folder at once (a Ray rolling update starts the next ingress while the previous
 one drains; several ingress replicas; two services on one host): SQLite's WAL mode lets them read while one
@@ -17,21 +18,32 @@ writes, and a busy timeout makes a writer wait for another's commit instead of f
 an *owner*, the store that accepted or took it over (``app/jobs/owners.py``): only the owner runs it, and a
 process takes over only jobs whose owner is gone or let them go (``claim_orphans``). A job another live process
 holds is read from its row (``RemoteJob``: state, progress, newest preview) and cancelled through it.
+
+Faults (``app/jobs/database.py`` tells them apart): an accepted job is never forgotten because its database write
+failed. A write that fails (another process holds the lock, the disk is full) leaves the job in memory, still
+served by ``GET /api/jobs/{id}``, and the writer thread retries every ``RETRY_S`` until it is written;
+meanwhile ``fault()`` says why (``/ready`` answers 503 with it) and new jobs are refused with 503
+``storage_unavailable``. A damaged database file is moved aside and a new one started with every job in memory;
+a database file deleted or replaced under the service is recreated from the open connection.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from app.errors import NotFound, StorageError
+from app.errors import ImageCorrupt, NotFound, StorageError
 from app.jobs import retention
+from app.jobs.database import JobDatabase, classify, describe
 from app.jobs.job import Job
 from app.jobs.owners import OwnerLock, legacy_service_running, new_owner_id, owner_alive
 from app.jobs.remote import RemoteJob
@@ -40,55 +52,32 @@ from pipelines.types import GenerationInfo
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-#: how long a write waits for another process's transaction before it fails (SQLite's busy timeout)
-BUSY_TIMEOUT_S = 10.0
+RETRY_S = 0.5  # the writer thread's period: retry failed writes, notice a vanished database file
+MIN_FREE_BYTES = 16 * 1024 * 1024  # a full disk counts as "space returned" past this much free space
 #: progress (step, replica, newest preview) is written at most this often per job, for readers in other processes
 PROGRESS_EVERY_S = 0.5
 #: image files no row names are removed at start-up only when older than this: a younger one may be a file
 #: another process sharing the folder has written and not recorded yet
 ORPHAN_AGE_S = 600.0
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order: the FIFO order to resume in
-    id           TEXT NOT NULL UNIQUE,
-    status       TEXT NOT NULL,                      -- queued | running | succeeded | failed | cancelled
-    request      TEXT NOT NULL,                      -- GenerationRequest as JSON, seed fixed at submission
-    total        INTEGER NOT NULL,
-    adapter      TEXT,
-    lora_scale   REAL NOT NULL,
-    created_at   REAL NOT NULL,
-    started_at   REAL,
-    finished_at  REAL,
-    attempts     INTEGER NOT NULL DEFAULT 0,         -- times a worker started it
-    record       TEXT,                               -- the finished job as GET /api/jobs/{id} shows it
-    image        TEXT,                               -- file name under images/ (succeeded jobs)
-    image_bytes  INTEGER NOT NULL DEFAULT 0,
-    owner        TEXT,                               -- the store (process) that runs it; NULL: let go
-    step         INTEGER NOT NULL DEFAULT 0,         -- progress, for readers in other processes
-    replica      TEXT,                               -- where it runs (Ray replica id, "local")
-    preview      TEXT,                               -- the newest live preview (JSON), while it runs
-    cancel       TEXT                                -- a DELETE received by another process: its message
-);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+
+# the job's whole state (``cancel`` is another process's to write: never overwritten here)
+_UPSERT = """
+INSERT INTO jobs (id, status, request, total, adapter, lora_scale, created_at, started_at, finished_at, attempts,
+                  record, image, image_bytes, image_sha256, owner, step, replica, preview)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,
+    finished_at=excluded.finished_at, attempts=excluded.attempts, record=excluded.record, image=excluded.image,
+    image_bytes=excluded.image_bytes, image_sha256=excluded.image_sha256, owner=excluded.owner,
+    step=excluded.step, replica=excluded.replica, preview=excluded.preview
 """
-#: schema version -> statements that bring the one before it up to it
-_MIGRATIONS = {
-    2: ["ALTER TABLE jobs ADD COLUMN owner TEXT", "ALTER TABLE jobs ADD COLUMN step INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE jobs ADD COLUMN replica TEXT", "ALTER TABLE jobs ADD COLUMN preview TEXT",
-        "ALTER TABLE jobs ADD COLUMN cancel TEXT"],
-}
 
 
-def _statements(script: str) -> list[str]:
-    """``script``'s statements one by one (``executescript`` would commit the transaction they must run in)."""
-    out, buffer = [], ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            out.append(buffer)
-            buffer = ""
-    return out
+class StoreUnavailable(Exception):
+    """A database operation failed and could not be repaired now; ``reason`` is client-safe."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class StoredJob:
@@ -105,6 +94,7 @@ class StoredJob:
         self.created_at: float = row["created_at"]
         self.started_at: float | None = row["started_at"]
         self.finished_at: float | None = row["finished_at"]
+        self.image_sha256: str | None = row["image_sha256"]
         self._record: dict = json.loads(row["record"])
         self.info = _info_from(self._record.get("info"))
         self.replica: str | None = self._record.get("replica")  # X-Replica of the image route
@@ -133,6 +123,33 @@ def _info_from(data: dict | None) -> GenerationInfo | None:
     return GenerationInfo(**values)
 
 
+def _row(job: Job, owner: str | None) -> tuple:
+    """The job's whole state as one row (the same upsert records a new job, a change, or a job again after the
+    database was replaced). ``owner``: this store, or None for a job it let go."""
+    image = f"{job.id}.png" if job.status == "succeeded" else None
+    preview = json.dumps(job.preview) if job.status == "running" and job.preview is not None else None
+    return (job.id, job.status, json.dumps(asdict(job.request), ensure_ascii=False, default=str), job.total,
+            job.adapter, job.lora_scale, job.created_at, job.started_at, job.finished_at, job.attempts,
+            json.dumps(job.to_dict(), ensure_ascii=False) if job.done else None, image,
+            job.image_bytes if image else 0, job.image_sha256 if image else None, owner, job.step, job.replica,
+            preview)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` at ``path`` whole or not at all (temp file + rename); a failed write leaves no temp file
+    behind (after ENOSPC a stray partial file would keep the disk full)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class JobStore:
     """Where ``/api/jobs/{id}`` finds a job; also the worker's journal (``accepted``/``started``/...)."""
 
@@ -140,13 +157,21 @@ class JobStore:
         self.data_dir = Path(data_dir).expanduser()
         self.images = self.data_dir / "images"
         self.ttl_s, self.max_kept, self.max_bytes = ttl_s, max_kept, max_bytes
-        self._lock = threading.RLock()
+        self._db = JobDatabase(self.data_dir)
+        self._db_lock = threading.RLock()  # the connection; may be held while taking _mem, never the reverse
+        self._mem = threading.Lock()  # _live, _dirty, _fault
         self._live: dict[str, Job] = {}
-        self._db: sqlite3.Connection | None = None
+        self._dirty: dict[str, int] = {}  # job id -> change number: state not yet written (retried)
+        self._changes = 0
+        self._fault: str | None = None
+        self._released: set[str] = set()  # jobs let go (shutting down): written with no owner, then forgotten
         #: this store's name in the ``owner`` column; its lock file says it is alive (app/jobs/owners.py)
         self.owner = new_owner_id()
         self._owner_lock: OwnerLock | None = None
         self._progress_at: dict[str, float] = {}  # job id -> when its progress was last written
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
 
     @classmethod
     def open(cls, settings) -> "JobStore":
@@ -163,142 +188,313 @@ class JobStore:
             raise ConfigError(f"cannot create the data folder {self.data_dir} ({exc}); set FLUX_DATA_DIR to a "
                               "writable folder") from exc
         try:
-            self._open_db()
+            self._db.open()
+            self._sweep_orphans()
+            self.prune()
         except BaseException:
             self.close()  # release the owner lock
             raise
-
-    def _open_db(self) -> None:
-        path = self.data_dir / "jobs.sqlite3"
-        try:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the job database in {self.data_dir} ({exc}); set FLUX_DATA_DIR to a "
-                              "writable folder") from exc
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # readers in other processes never wait for a writer
-            db.execute("PRAGMA synchronous=FULL")  # a 202 means the job is on disk, even across a power cut
-            db.execute("BEGIN IMMEDIATE")  # one process at a time creates or upgrades the schema
-            try:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ConfigError(f"{path} was written by a newer flux-service (schema {version}, this one reads "
-                                      f"{SCHEMA_VERSION}); upgrade, or set FLUX_DATA_DIR elsewhere")
-                exists = db.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is not None
-                if not exists:
-                    for statement in _statements(_SCHEMA):
-                        db.execute(statement)
-                else:
-                    for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-                        for statement in _MIGRATIONS[v]:
-                            db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            db.close()
-            raise ConfigError(f"the job database {path} cannot be read ({exc}); move it aside to start with an empty "
-                              "job store") from exc
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
-        self._sweep_orphans()
-        self.prune()
+        self._writer = threading.Thread(target=self._write_loop, name="flux-job-store", daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
-        """Let go of this store's unfinished jobs (the next start, or another process sharing the folder, takes
-        them over), then of the database and the owner lock."""
-        with self._lock:
-            if self._db is not None:
-                try:
-                    self._db.execute("UPDATE jobs SET owner=NULL WHERE owner=? AND record IS NULL", (self.owner,))
-                except sqlite3.Error as exc:  # the lock below goes with the process anyway: nothing is stranded
-                    logger.warning("job store: could not let go of its unfinished jobs (%s)", exc)
-                self._db.close()
-                self._db = None
+        """Stop the writer, write what is still pending (once more), let go of this store's unfinished jobs (the
+        next start, or another process sharing the folder, takes them over), close the database and the owner
+        lock."""
+        self._stop.set()
+        self._wake.set()
+        if self._writer is not None:
+            self._writer.join(timeout=10)
+            self._writer = None
+        if self._db.conn is not None and not self._flush():
+            with self._mem:
+                left = list(self._dirty)
+            logger.error("job store: closing with %d job update(s) not written (%s): %s; those jobs run again "
+                         "after the next start if their rows say queued or running", len(left), self._fault,
+                         ", ".join(left))
+        if self._db.conn is not None:
+            try:
+                self._call(lambda db: db.execute("UPDATE jobs SET owner=NULL WHERE owner=? AND record IS NULL",
+                                                 (self.owner,)))
+            except StoreUnavailable as exc:  # the lock below goes with the process anyway: nothing is stranded
+                logger.warning("job store: could not let go of its unfinished jobs (%s)", exc.reason)
+        with self._db_lock:
+            self._db.close()
+        with self._mem:
             self._live.clear()
         if self._owner_lock is not None:
             self._owner_lock.release()
             self._owner_lock = None
 
+    # ------------------------------------------------------------------ database access, with repair
+    def _call(self, op):
+        """Run ``op(connection)``; repair what can be repaired (a vanished or damaged file) and run it again;
+        otherwise record the fault and raise ``StoreUnavailable``."""
+        with self._db_lock:
+            if self._db.conn is None:
+                raise StoreUnavailable("the job store is closed")
+            self._check_files()
+            try:
+                return op(self._db.conn)
+            except sqlite3.Error as exc:
+                kind = classify(exc)
+                if kind == "damaged" and self._repair_damaged(exc):
+                    try:
+                        return op(self._db.conn)
+                    except sqlite3.Error as again:
+                        exc, kind = again, classify(again)
+                reason = describe(kind, exc)
+                self._set_fault(reason)
+                raise StoreUnavailable(reason) from exc
+
+    def _check_files(self) -> None:
+        """Before each use: the database file is still the one at the path and still SQLite's; else it is
+        recreated (deleted), used (replaced by another process's sound file) or replaced (damaged) now: the open
+        connection would go on working while what it writes is lost at the next start."""
+        vanished = self._db.vanished()
+        overwritten = None if vanished else self._db.overwritten()
+        if vanished is None and overwritten is None:
+            return
+        try:
+            if vanished == "deleted":
+                self._db.recreate("deleted")
+            elif vanished == "replaced" and self._db.path_is_sound():
+                self._db.switch("was replaced by another file (another process sharing the folder replaced a "
+                                "damaged or deleted one)")
+            else:
+                self._db.replace("damaged", overwritten or "was replaced by a file that is not a job database")
+        except (OSError, sqlite3.Error) as exc:
+            reason = ("the job database was deleted and could not be recreated in the data folder"
+                      if vanished == "deleted" else
+                      "the job database is damaged and a new one could not be started in the data folder")
+            if self._set_fault(reason):  # logged once, not at every retry
+                logger.error("job store: the job database %s and could not be replaced: %s",
+                             vanished or overwritten, exc)
+            raise StoreUnavailable(reason) from exc
+        self._write_all_live()
+
+    def _repair_damaged(self, exc: sqlite3.Error) -> bool:
+        """True when the database works again (a fresh connection, or a new file with every job in memory)."""
+        try:
+            if not self._db.confirm_damaged():
+                self._db.reopen()
+                logger.warning("job store: the connection reported %s but the file reads fine; reconnected", exc)
+                return True
+            self._db.replace("damaged", f"is damaged ({exc})")
+        except (OSError, sqlite3.Error) as again:
+            logger.error("job store: the job database is damaged (%s) and could not be replaced: %s", exc, again)
+            return False
+        self._write_all_live()
+        return True
+
+    def _write_all_live(self) -> None:
+        """After the database was replaced: every job in memory gets its row again (in submission order); if that
+        fails too, they all wait for the writer thread."""
+        with self._mem:
+            jobs = sorted(self._live.values(), key=lambda j: j.created_at)
+        try:
+            self._db.conn.executemany(_UPSERT, [self._row(j) for j in jobs])
+        except sqlite3.Error as exc:
+            logger.error("job store: could not write the %d job(s) in memory into the new database (%s); retrying",
+                         len(jobs), exc)
+            with self._mem:
+                for job in jobs:
+                    self._changes += 1
+                    self._dirty[job.id] = self._changes
+            return
+        with self._mem:
+            self._dirty.clear()
+            for job in jobs:
+                if job.done or job.id in self._released:
+                    self._forget(job.id)
+        if jobs:
+            logger.info("job store: wrote the %d job(s) held in memory into the new database", len(jobs))
+
+    def _row(self, job: Job) -> tuple:
+        return _row(job, None if job.id in self._released else self.owner)
+
+    def _forget(self, job_id: str) -> None:
+        """(``_mem`` held) A job whose last state is written and that this process no longer runs."""
+        self._live.pop(job_id, None)
+        self._released.discard(job_id)
+        self._progress_at.pop(job_id, None)
+
+    def _set_fault(self, reason: str) -> bool:
+        """Record why the store fails; True (and one log line) when it was working until now."""
+        with self._mem:
+            first, self._fault = self._fault is None, reason
+        if first:
+            logger.error("job store: %s; jobs stay in memory and their updates are retried every %gs", reason,
+                         RETRY_S)
+        self._wake.set()
+        return first
+
+    def _clear_fault(self) -> None:
+        with self._mem:
+            was, self._fault = self._fault, None
+        if was is not None:
+            logger.warning("job store: writable again (was: %s)", was)
+
+    def fault(self) -> str | None:
+        """Why the store cannot keep its promise now (``/ready`` answers 503 with it), or None."""
+        with self._mem:
+            if self._fault is not None:
+                return self._fault + (f"; {len(self._dirty)} job update(s) wait to be written" if self._dirty else "")
+        if self._writer is not None and not self._writer.is_alive() and not self._stop.is_set():
+            return "the job store's writer thread stopped"
+        return None
+
     # ------------------------------------------------------------------ the worker's journal
     def accepted(self, job: Job) -> None:
-        """Persist a new job before it enters the queue: once the client has its 202, a restart keeps it."""
-        request = json.dumps(asdict(job.request), ensure_ascii=False, default=str)
+        """Persist a new job before it enters the queue: once the client has its 202, a restart keeps it.
+        Raises ``StorageError`` (503) when it cannot be written now. Recording the same job again is a no-op."""
+        with self._mem:
+            if job.id in self._live:
+                return
         try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT INTO jobs (id, status, request, total, adapter, lora_scale, created_at, owner) "
-                    "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-                    (job.id, request, job.total, job.adapter, job.lora_scale, job.created_at, self.owner))
-                self._live[job.id] = job
-        except sqlite3.Error as exc:
-            logger.error("job store: could not record job %s: %s", job.id, exc)
-            raise StorageError(f"the job could not be saved ({exc}); it was not queued") from exc
+            self._call(lambda db: db.execute(_UPSERT, self._row(job)))
+        except StoreUnavailable as exc:
+            logger.error("job store: could not record job %s: %s", job.id, exc.reason)
+            raise StorageError(f"the job could not be saved ({exc.reason}); it was not queued") from None
+        with self._mem:
+            self._live[job.id] = job
+
+    def discard(self, job: Job) -> None:
+        """A job recorded by ``accepted`` that was then not queued (the client got an error): forget it."""
+        with self._mem:
+            self._live.pop(job.id, None)
+            self._dirty.pop(job.id, None)
+        try:
+            self._call(lambda db: db.execute("DELETE FROM jobs WHERE id=? AND status='queued'", (job.id,)))
+        except StoreUnavailable as exc:
+            logger.error("job store: job %s was refused but its row could not be removed (%s); it may run after "
+                         "the next start", job.id, exc.reason)
 
     def adopt(self, job: Job) -> None:
         """A job this store claimed (``resume``): known again, already on disk."""
-        with self._lock:
+        with self._mem:
             self._live[job.id] = job
 
     def started(self, job: Job) -> None:
+        """A worker starts running it (the row says running: if the service goes down now, it runs again)."""
         job.attempts += 1
-        self._write("UPDATE jobs SET status='running', started_at=?, attempts=?, step=0, replica=?, preview=NULL "
-                    "WHERE id=?", (job.started_at, job.attempts, job.replica, job.id))
+        if not job.done:
+            job.status = "running"  # as the worker already set it; the journal's word does not depend on that
+        self._record(job)
 
     def progressed(self, job: Job) -> None:
         """Step, replica and newest preview, for readers in other processes: at most every ``PROGRESS_EVERY_S``
-        per job (and always the last step), so a GPU's step rate costs no disk traffic."""
+        per job (and always the last step), so a GPU's step rate costs no disk traffic. Best effort: skipped
+        while the store is failing (the job's end is what must be written, and it is)."""
         now = time.monotonic()
         if now - self._progress_at.get(job.id, 0.0) < PROGRESS_EVERY_S and job.step < job.total:
             return
         self._progress_at[job.id] = now
+        with self._mem:
+            if self._fault is not None:
+                return
         preview = json.dumps(job.preview) if job.preview is not None else None
-        self._write("UPDATE jobs SET step=?, replica=?, preview=? WHERE id=?", (job.step, job.replica, preview, job.id))
+        try:
+            self._call(lambda db: db.execute("UPDATE jobs SET step=?, replica=?, preview=? WHERE id=?",
+                                             (job.step, job.replica, preview, job.id)))
+        except StoreUnavailable:
+            pass
 
     def interrupted(self, job: Job) -> None:
-        """The service stopped it at its shutdown grace: back to queued, to run again after the next start."""
-        self._write("UPDATE jobs SET status='queued', started_at=NULL, step=0, preview=NULL WHERE id=?", (job.id,))
+        """Stopped by a shutdown (the job is queued again, ``Job.suspend``): written as queued, to run again."""
+        self._record(job)
 
     def released(self, job: Job) -> None:
         """This process will not run it (shutting down): another process sharing the folder, or the next start,
-        takes it over now rather than when this one has exited."""
-        self._write("UPDATE jobs SET owner=NULL WHERE id=? AND owner=? AND record IS NULL", (job.id, self.owner))
-        with self._lock:
-            self._live.pop(job.id, None)
-        self._progress_at.pop(job.id, None)
-
-    def save_image(self, job: Job, png: bytes) -> None:
-        """Write the PNG before the job is marked succeeded (temp file + rename: never half a file)."""
-        path = self.image_path(job.id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(png)
-        os.replace(tmp, path)
-        job.image_bytes = len(png)
+        takes it over now rather than when this one has exited. Forgotten here once written."""
+        with self._mem:
+            if job.id not in self._live:
+                return
+            self._released.add(job.id)
+        self._record(job)
 
     def finished(self, job: Job) -> None:
-        """Record the terminal state, forget the in-memory job (its PNG is a file now), apply retention."""
-        image = f"{job.id}.png" if job.status == "succeeded" else None
-        self._write("UPDATE jobs SET status=?, started_at=?, finished_at=?, record=?, image=?, image_bytes=?, "
-                    "step=?, preview=NULL WHERE id=?",
-                    (job.status, job.started_at, job.finished_at, json.dumps(job.to_dict(), ensure_ascii=False),
-                     image, job.image_bytes if image else 0, job.step, job.id))
-        with self._lock:
-            self._live.pop(job.id, None)
-        self._progress_at.pop(job.id, None)
-        self.prune()
+        """Record the terminal state; the in-memory job is forgotten once that is written (its PNG is a file)."""
+        with self._mem:
+            self._released.discard(job.id)  # (cancelled after it was let go: it ends here, owned)
+        self._record(job)
 
-    def _write(self, sql: str, params: tuple) -> int:
+    def save_image(self, job: Job, png: bytes) -> None:
+        """Write the PNG before the job is marked succeeded; its sha256 goes into the row. Raises OSError (the
+        worker fails the job with ``storage_unavailable``); a full disk is a fault until space returns."""
         try:
-            with self._lock:
-                return self._db.execute(sql, params).rowcount
-        except sqlite3.Error:
-            logger.exception("job store: write failed (%s)", sql.split(" SET")[0])
-            return 0
+            write_file(self.image_path(job.id), png)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._set_fault("the disk holding the data folder is full")
+            raise
+        job.image_bytes = len(png)
+        job.image_sha256 = hashlib.sha256(png).hexdigest()
+
+    def _record(self, job: Job) -> None:
+        """Write the job's state now, or (while the database is failing) keep it for the writer thread."""
+        with self._mem:
+            self._changes += 1
+            self._dirty[job.id] = self._changes
+            self._live.setdefault(job.id, job)
+            behind = self._fault is not None and len(self._dirty) > 1
+        if behind:  # others wait already: keep the order, do not block the worker on a known fault
+            self._wake.set()
+            return
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Write every pending job state in order; True when none is left. Finished jobs leave memory once
+        written; retention runs after."""
+        with self._mem:
+            pending = [(self._live[i], n) for i, n in self._dirty.items() if i in self._live]
+        if not pending:
+            return True
+        try:
+            for job, change in pending:
+                self._call(lambda db, job=job: db.execute(_UPSERT, self._row(job)))
+                with self._mem:
+                    if self._dirty.get(job.id) == change:  # not changed again meanwhile
+                        del self._dirty[job.id]
+                        if job.done or job.id in self._released:
+                            self._forget(job.id)
+        except StoreUnavailable:
+            return False
+        self._clear_fault()
+        self.prune()
+        return True
+
+    def _write_loop(self) -> None:
+        """Retry pending writes, notice a vanished database file, clear a fault once the store works again."""
+        while not self._stop.is_set():
+            self._wake.wait(RETRY_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                with self._mem:
+                    dirty, fault = bool(self._dirty), self._fault
+                if dirty:
+                    self._flush()
+                elif fault is not None:
+                    self._probe()
+                else:
+                    self._call(lambda db: None)  # checks that the file is still there (and recreates it)
+            except StoreUnavailable:
+                pass
+            except Exception:  # noqa: BLE001 - a bug here must not stop the retries
+                logger.exception("job store: writer thread error")
+
+    def _probe(self) -> None:
+        """Nothing pending but a fault recorded: is the database writable (and the disk not full) again?"""
+        def can_write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock, as a write would
+            db.execute("ROLLBACK")
+
+        self._call(can_write)
+        if shutil.disk_usage(self.data_dir).free < MIN_FREE_BYTES:
+            return
+        self._clear_fault()
 
     # ------------------------------------------------------------------ sharing the folder
     def owner_alive(self, owner: str | None) -> bool:
@@ -308,10 +504,14 @@ class JobStore:
 
     def claim_orphans(self) -> list[sqlite3.Row]:
         """Take over the unfinished jobs whose owner is gone or let them go, in submission order; each row is
-        claimed with one conditional UPDATE, so of several processes looking at once exactly one gets it."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE record IS NULL AND (owner IS NULL OR owner != ?) "
-                                    "ORDER BY seq", (self.owner,)).fetchall()
+        claimed with one conditional UPDATE, so of several processes looking at once exactly one gets it. None
+        while the database cannot be used (the next pass tries again)."""
+        try:
+            rows = self._call(lambda db: db.execute(
+                "SELECT * FROM jobs WHERE record IS NULL AND (owner IS NULL OR owner != ?) ORDER BY seq",
+                (self.owner,)).fetchall())
+        except StoreUnavailable:
+            return []
         alive: dict[str | None, bool] = {}
         claimed = []
         for row in rows:
@@ -325,32 +525,55 @@ class JobStore:
 
     def claim(self, job_id: str, previous_owner: str | None) -> bool:
         """Make an unfinished job this store's, if it still belongs to ``previous_owner`` (no one else took it)."""
-        return self._write("UPDATE jobs SET owner=? WHERE id=? AND owner IS ? AND record IS NULL",
-                           (self.owner, job_id, previous_owner)) == 1
+        try:
+            return self._call(lambda db: db.execute(
+                "UPDATE jobs SET owner=? WHERE id=? AND owner IS ? AND record IS NULL",
+                (self.owner, job_id, previous_owner)).rowcount) == 1
+        except StoreUnavailable:
+            return False
 
     def request_cancel(self, job_id: str, message: str) -> None:
         """A DELETE for a job another live process runs: its owner reads this (``cancel_requests``) and stops it."""
-        self._write("UPDATE jobs SET cancel=? WHERE id=? AND record IS NULL", (message, job_id))
+        try:
+            self._call(lambda db: db.execute("UPDATE jobs SET cancel=? WHERE id=? AND record IS NULL",
+                                             (message, job_id)))
+        except StoreUnavailable as exc:
+            raise StorageError(f"job {job_id!r} runs in another process and the cancellation could not be passed "
+                               f"on now ({exc.reason}); retry later", param="id") from None
 
     def cancel_requests(self) -> list[tuple[str, str]]:
         """(job id, message) of this store's unfinished jobs that a DELETE in another process asked to stop."""
-        with self._lock:
-            if self._db is None:
-                return []
-            return [(r["id"], r["cancel"]) for r in self._db.execute(
-                "SELECT id, cancel FROM jobs WHERE owner=? AND cancel IS NOT NULL AND record IS NULL", (self.owner,))]
+        try:
+            return self._call(lambda db: [(r["id"], r["cancel"]) for r in db.execute(
+                "SELECT id, cancel FROM jobs WHERE owner=? AND cancel IS NOT NULL AND record IS NULL",
+                (self.owner,))])
+        except StoreUnavailable:
+            return []
 
     def row(self, job_id: str) -> sqlite3.Row | None:
-        with self._lock:
-            return self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone() if self._db else None
+        """A job's row (None: no such row, or the database cannot be read now)."""
+        try:
+            return self._call(lambda db: db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        except StoreUnavailable:
+            return None
 
     # ------------------------------------------------------------------ reads
+    def live(self, job_id: str) -> Job | None:
+        """A job this process runs (queued, running, or finished and not written yet): memory only, safe on the
+        event loop."""
+        with self._mem:
+            return self._live.get(job_id)
+
     def get(self, job_id: str) -> Job | StoredJob | RemoteJob:
-        with self._lock:
-            live = self._live.get(job_id)
-            if live is not None:
-                return live
-            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone() if self._db else None
+        """Any job; reads the database for the others (so call it from a thread, not the event loop)."""
+        live = self.live(job_id)
+        if live is not None:
+            return live
+        try:
+            row = self._call(lambda db: db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        except StoreUnavailable as exc:
+            raise StorageError(f"job {job_id!r} cannot be looked up now ({exc.reason}); retry later",
+                               param="id") from None
         if row is not None and row["record"] is None:
             return RemoteJob.from_row(row, self)  # held by another process (or let go and not taken yet)
         if row is None or self._expired(row):
@@ -364,53 +587,65 @@ class JobStore:
     def image_path(self, job_id: str) -> Path:
         return self.images / f"{job_id}.png"
 
-    def read_image(self, job_id: str) -> bytes:
+    def read_image(self, job: Job | StoredJob) -> bytes:
+        """The PNG of a succeeded job, checked against the sha256 recorded when it was written."""
+        path = self.image_path(job.id)
         try:
-            return self.image_path(job_id).read_bytes()
+            png = path.read_bytes()
         except FileNotFoundError:
-            raise NotFound(f"job {job_id!r}: its image was removed from the data folder (retention by count, "
+            raise NotFound(f"job {job.id!r}: its image was removed from the data folder (retention by count, "
                            "bytes or age), so it may have expired", param="id") from None
+        expected = job.image_sha256
+        if expected is not None and hashlib.sha256(png).hexdigest() != expected:
+            logger.error("job store: image %s of job %s does not match the sha256 recorded when it was written "
+                         "(the file was changed or damaged on disk); not served", path, job.id)
+            raise ImageCorrupt(f"job {job.id!r}: its image file in the data folder is damaged (it no longer matches "
+                               "the sha256 recorded when it was made); submit the job again", param="id")
+        return png
 
     def live_count(self) -> int:
-        with self._lock:
+        with self._mem:
             return len(self._live)
 
     def __len__(self) -> int:
         """Jobs known: unfinished ones plus finished ones still kept."""
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        return self._call(lambda db: db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     def kept_bytes(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COALESCE(SUM(image_bytes), 0) FROM jobs").fetchone()[0]
+        return self._call(lambda db: db.execute("SELECT COALESCE(SUM(image_bytes), 0) FROM jobs").fetchone()[0])
 
     # ------------------------------------------------------------------ retention
     def _expired(self, row: sqlite3.Row) -> bool:
         return row["finished_at"] is not None and time.time() - row["finished_at"] > self.ttl_s
 
     def prune(self) -> int:
-        """Forget finished jobs past their TTL or beyond the count/bytes bounds (oldest first)."""
-        with self._lock:
-            if self._db is None:
-                return 0
-            rows = self._db.execute("SELECT id, finished_at, image, image_bytes FROM jobs "
-                                    "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, seq DESC").fetchall()
+        """Forget finished jobs past their TTL or beyond the count/bytes bounds (oldest first). Never raises: a
+        database that cannot be written now is pruned on a later call."""
+        def forget(db: sqlite3.Connection) -> list:
+            rows = db.execute("SELECT id, finished_at, image, image_bytes FROM jobs "
+                              "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, seq DESC").fetchall()
             doomed = retention.to_remove(rows, now=time.time(), ttl_s=self.ttl_s, max_kept=self.max_kept,
                                          max_bytes=self.max_bytes)
-            if not doomed:
-                return 0
-            self._db.executemany("DELETE FROM jobs WHERE id=?", [(r["id"],) for r in doomed])
-        for r in doomed:  # after the commit: a crash here leaves an orphan file, swept at a later start
+            if doomed:
+                db.executemany("DELETE FROM jobs WHERE id=?", [(r["id"],) for r in doomed])
+            return doomed
+
+        try:
+            doomed = self._call(forget)
+        except StoreUnavailable:
+            return 0
+        for r in doomed:  # after the commit: a crash here leaves an orphan file, swept at the next start
             if r["image"]:
                 (self.images / r["image"]).unlink(missing_ok=True)
-        logger.debug("job store: forgot %d finished job(s)", len(doomed))
+        if doomed:
+            logger.debug("job store: forgot %d finished job(s)", len(doomed))
         return len(doomed)
 
     def _sweep_orphans(self) -> None:
         """Files no row names (a crash between writing an image and recording it, or half-written temps), once
         they are old enough that no process sharing the folder can still be about to record them."""
-        with self._lock:
-            named = {r[0] for r in self._db.execute("SELECT image FROM jobs WHERE image IS NOT NULL")}
+        named = {r[0] for r in self._call(lambda db: db.execute("SELECT image FROM jobs WHERE image IS NOT NULL"
+                                                                 ).fetchall())}
         cutoff = time.time() - ORPHAN_AGE_S
         for path in self.images.iterdir():
             try:

@@ -15,6 +15,12 @@ at once, queued jobs stay queued on disk for the next start, the running image m
 ends and is then stopped at its next step (a stopped job goes back to queued on disk). A job kept this way is
 let go in the store at once (``released``), so another process sharing the data folder takes it over without
 waiting for this one to exit (``app/jobs/sharing.py``).
+
+Faults: an exception while serving one job fails that job and the thread goes on. If the thread itself stops
+(an exception that is not an ``Exception``, a bug in the loop), ``failure`` says why, direct requests waiting
+for it are answered 503 at once and durable jobs stay on disk (let go, like at a shutdown); ``/ready`` answers
+503 and the lifespan stops the process with a non-zero status (``app/jobs/shutdown.py``) so that its supervisor
+restarts it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import threading
 import time
 from collections import deque
 
-from app.errors import RetryLater, ShuttingDown, StorageError
+from app.errors import NotReady, RetryLater, ShuttingDown, StorageError
 from app.jobs.job import Job
 from app.jobs.previews import JobPreviewer
 from app.jobs.remote import RemoteJob
@@ -50,11 +56,19 @@ class Worker:
         self._mean_s = 5.0  # running mean of a generation, for Retry-After
         #: test hook: extra seconds slept after every denoising step (makes timing tests deterministic)
         self.step_delay_s = 0.0
+        #: why the worker thread stopped unexpectedly (``/ready`` answers 503 with it; the lifespan then stops the
+        #: process so that its supervisor restarts it), or None
+        self.failure: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="flux-worker", daemon=True)
         self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread that owns the engine (None before ``start``)."""
+        return self._thread
 
     @property
     def accepting(self) -> bool:
@@ -127,6 +141,8 @@ class Worker:
     def submit(self, job: Job) -> None:
         """Put ``job`` at the back of the queue, or raise (503) when full or shutting down."""
         with self._cond:
+            if self.failure is not None:
+                raise NotReady(f"{self.failure}; the service is restarting, send it again in a moment")
             if not self._accepting:
                 raise ShuttingDown("the service is shutting down and takes no new work; send it again (to another "
                                    "instance, or after the restart)")
@@ -166,6 +182,17 @@ class Worker:
 
     # ------------------------------------------------------------------ worker thread
     def _loop(self) -> None:
+        """The worker thread. Any exception while serving one job fails that job and the thread goes on; if the
+        thread itself is stopped (an exception that is not an ``Exception``, or a bug in this loop), nothing is
+        left silently waiting: ``failure`` says why, waiting direct requests get 503 at once, jobs stay on disk."""
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - recorded and logged: /ready turns 503, the process stops
+            self.failure = f"the worker thread stopped unexpectedly ({type(exc).__name__}: {exc})"
+            logger.critical("%s; no more images are made in this process", self.failure, exc_info=True)
+            self._abandon()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
@@ -179,10 +206,42 @@ class Worker:
                 self._renumber()
             try:
                 self._run(job)
-            finally:
-                with self._cond:
-                    self._running = None
-                    self._cond.notify_all()
+            except Exception:  # noqa: BLE001 - a bug (or a store fault) outside the engine fails one job, never the worker
+                logger.exception("job %s: unexpected error in the worker", job.id)
+                self._fail_anyway(job, FluxServiceError("internal error while finishing this job; the log has the "
+                                                        "details"))
+            # (anything else stops the thread with the job still ``_running``: ``_abandon`` answers it)
+            with self._cond:
+                self._running = None
+                self._cond.notify_all()
+
+    def _fail_anyway(self, job: Job, error: FluxServiceError) -> None:
+        """End ``job`` with ``error`` even if ``_finish`` itself fails: a waiting client must hear something."""
+        try:
+            self._finish(job, error)
+        except Exception:  # noqa: BLE001
+            logger.exception("job %s: could not record its failure", job.id)
+        if not job.done:
+            job.error, job.status, job.finished_at = error, "failed", time.time()
+            job.publish("failed", job.to_dict())
+
+    def _abandon(self) -> None:
+        """The thread is stopping for good: answer what waits (direct requests 503 now; durable jobs stay on disk
+        and run after the restart) and take no new work."""
+        with self._cond:
+            self._accepting = False
+            waiting = ([self._running] if self._running is not None else []) + list(self._queue)
+            self._queue.clear()
+        for job in waiting:
+            try:
+                if job.kind == "job" and self.journal is not None:
+                    job.suspend("the worker stopped unexpectedly; this job is kept and runs after the service restarts")
+                    self.journal.released(job)  # another process sharing the folder may take it over at once
+                else:
+                    self._finish(job, NotReady("the worker stopped unexpectedly and did not finish this request; "
+                                               "send it again in a moment (the service restarts)"))
+            except Exception:  # noqa: BLE001
+                logger.exception("job %s: could not be answered", job.id)
 
     def _run(self, job: Job) -> None:
         waited = time.monotonic() - job.enqueued_mono
@@ -219,8 +278,8 @@ class Worker:
             png = result.png_bytes()
         except ShuttingDown as exc:
             if job.kind == "job" and self.journal is not None:  # kept: runs again from step 0 after the restart
+                job.suspend(f"{exc.message}; this job is kept and runs again after the next start")  # queued again
                 self.journal.interrupted(job)
-                job.suspend(f"{exc.message}; this job is kept and runs again after the next start")
                 self.journal.released(job)
                 logger.info("shutdown: job %s stopped at the grace; it runs again after the next start", job.id)
                 return
@@ -258,9 +317,10 @@ class Worker:
         if png is not None:
             try:
                 self.journal.save_image(job, png)
-            except OSError as exc:
+            except OSError as exc:  # the log names the file; the client hears the reason, never a server path
                 logger.error("job %s: could not save its image: %s", job.id, exc)
-                error = StorageError(f"the image was made but could not be saved in the data folder ({exc})")
+                error = StorageError("the image was made but could not be saved in the data folder "
+                                     f"({exc.strerror or type(exc).__name__}); submit the job again")
         if error is None:
             status = "succeeded"
         elif isinstance(error, Cancelled):
@@ -271,7 +331,10 @@ class Worker:
         job.preview = None  # the image (or the error) replaces it
         job.status = status
         if self.journal is not None and job.kind == "job":
-            self.journal.finished(job)  # on disk before any reader hears the terminal event
+            try:
+                self.journal.finished(job)  # on disk before any reader hears the terminal event (or kept in memory
+            except Exception:  # noqa: BLE001 - and retried by the store); readers must hear it either way
+                logger.exception("job %s: could not record its end", job.id)
         if self.metrics is not None:
             self.metrics.requests.labels(job.kind, status if error is None else error.type).inc()
         if status == "failed":

@@ -60,9 +60,14 @@ def locate_lora(path: str | Path, *, models_dir: Path, demo_root: Path | None, t
     if demo_root is not None and rel is not None:
         candidate = Path(demo_root) / rel
         if candidate.exists():
-            note = (f"demo model: {what} {p} is not in your models folder {models_dir}, so the demo's own LoRA "
-                    f"{DEMO_PREFIX}{rel.as_posix()} (random weights) is used instead; put your file at {p} to use it")
-            logger.warning(note)
+            # results travel to clients: the path relative to the models folder, never the server's folders
+            # (the log line, for the operator, names them in full)
+            shown = p.as_posix() if not p.is_absolute() else f"lora path {rel.as_posix()}"
+            note = (f"demo model: {what} {shown} is not in your models folder (FLUX_MODELS_DIR), so the demo's own "
+                    f"LoRA {DEMO_PREFIX}{rel.as_posix()} (random weights) is used instead; put your file at "
+                    f"{rel.as_posix()} in the models folder to use it")
+            logger.warning("demo model: %s %s is not in your models folder %s, so the demo's own LoRA %s%s (random "
+                           "weights) is used instead", what, p, models_dir, DEMO_PREFIX, rel.as_posix())
             return LoraLocation(candidate, note)
         raise AdapterNotFound(f"{what} {p} does not exist{hint}; the demo model has no LoRA {rel.as_posix()} "
                               "to stand in for it either", path=str(p))

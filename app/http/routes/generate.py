@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.http.deps import worker_of
 from app.http.openapi import error_responses, png_response, request_body
-from app.http.prompt_headers import PROMPT_HEADER_DOCS, PROMPT_HEADERS, prompt_headers
+from app.http.prompt_headers import PROMPT_HEADER_DOCS, PROMPT_HEADERS, capped_json, prompt_headers
 from app.http.submission import submit
 from app.jobs.job import Job
 from pipelines.errors import Cancelled, DeadlineExceeded
@@ -37,7 +37,7 @@ HEADER_DOCS = {
     "X-Adapter-Hash": "sha256 of the adapter file, first 12 hex digits (as `flux-service lora inspect` prints), "
                       "or `none`.",
     "X-Adapter-Warnings": "JSON list (ASCII-escaped) of warnings about the adapter, e.g. the demo LoRA standing in "
-                          "for yours.",
+                          "for yours; cut at 2048 characters like X-Prompt-Warnings.",
     "X-Lora-Scale": "The LoRA strength applied (0 without a LoRA).",
     "X-Seed": "The seed used (send it back as `seed` to get the same image).",
     "X-Steps": "Denoising steps run.",
@@ -47,7 +47,9 @@ HEADER_DOCS = {
     "X-Generation-Time": "Seconds spent generating (queue wait excluded).",
     "X-Queue-Wait": "Seconds spent waiting in the queue.",
     "X-Demo-Model": "`true` when the embedded demo model (random weights) made the image.",
-    "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...",
+    "X-Prompt-Warnings": "JSON list of warnings (ASCII-escaped): prompt truncation, text T5 could not read...; "
+                         "past 2048 characters the list is cut and its last item ends with `…[cut: ...]` (the full "
+                         "list is in the PNG metadata and the job's info).",
     "X-Job-Id": "The id of the job that made it.",
     "X-Replica": "The engine replica that made it under Ray Serve (`flux-service serve --ray`), else `local`.",
     "X-Loras": "JSON list (ASCII-escaped) of every LoRA of the image with its strength: "
@@ -69,7 +71,7 @@ def result_headers(job: Job) -> dict[str, str]:
         "X-Adapter-File": _latin1(info.adapter_file or "none"),
         "X-Adapter-Hash": info.adapter_hash or "none",
         # warnings about the adapter alone (the demo's LoRA standing in for yours); all warnings: X-Prompt-Warnings
-        "X-Adapter-Warnings": json.dumps([w for w in info.warnings if "LoRA" in w], ensure_ascii=True),
+        "X-Adapter-Warnings": capped_json([w for w in info.warnings if "LoRA" in w]),
         "X-Lora-Scale": f"{info.lora_scale:g}",
         "X-Seed": str(info.seed),
         "X-Steps": str(info.num_inference_steps),
@@ -79,8 +81,9 @@ def result_headers(job: Job) -> dict[str, str]:
         "X-Generation-Time": f"{info.timings.get('total_s', 0.0):.3f}",
         "X-Queue-Wait": f"{max(queue_wait, 0.0):.3f}",
         "X-Demo-Model": "true" if info.demo else "false",
-        # ensure_ascii: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not
-        "X-Prompt-Warnings": json.dumps(info.warnings, ensure_ascii=True),
+        # ASCII JSON: headers are latin-1; "\\u79d1" survives any proxy, raw UTF-8 does not. Cut at 2048 characters
+        # with a marker, like the X-Prompt-* headers (a long prompt's truncation warnings quote what was dropped)
+        "X-Prompt-Warnings": capped_json(info.warnings),
         "X-Job-Id": job.id,
         "X-Replica": job.replica or "local",  # Ray Serve: the engine replica that made it (app/ray_serve)
         # every LoRA of the image (several per request): [{"name", "scale"}]

@@ -29,12 +29,16 @@ from app.http.job_schema import Job as JobSchema
 from app.http.openapi import error_responses, png_response, request_body
 from app.http.routes.generate import HEADER_DOCS, RESULT_HEADERS, result_headers
 from app.http.submission import submit
+from app.jobs import StoredJob
 from app.jobs.job import TERMINAL, Job
+from app.jobs.remote import RemoteJob
 from pipelines.errors import Cancelled
 
 router = APIRouter()
 
 _NOT_FOUND = error_responses(404)
+#: a finished job is read from the job database: 503 `storage_unavailable` while it cannot be read
+_STORAGE = error_responses(503)
 _JOB = {"model": JobSchema, "description": "The job."}
 KEEPALIVE_S = 15.0
 #: where a new job's id leads (OpenAPI links: generated clients and schemathesis' stateful tests follow them)
@@ -58,21 +62,28 @@ async def create_job(request: Request) -> JSONResponse:
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
 
 
+async def find_job(request: Request, job_id: str) -> Job | StoredJob:
+    """A job this process runs, from memory; any other (finished, or held by another process: ``RemoteJob``) from
+    the database, read in a thread (the database may wait for another process's lock; the event loop must not)."""
+    store = jobs_of(request)
+    return store.live(job_id) or await asyncio.to_thread(store.get, job_id)
+
+
 @router.get("/api/jobs/{job_id}", summary="A job's state", response_model=None,
-            responses={200: _JOB, **_NOT_FOUND})
+            responses={200: _JOB, **_NOT_FOUND, **_STORAGE})
 async def get_job(job_id: str, request: Request) -> dict:
-    return jobs_of(request).get(job_id).to_dict()
+    return (await find_job(request, job_id)).to_dict()
 
 
 @router.get("/api/jobs/{job_id}/image", response_class=Response, summary="A finished job's PNG",
             responses={200: png_response("The image; the headers say what was used.", RESULT_HEADERS, HEADER_DOCS),
-                       **error_responses(404, 409)})
+                       **error_responses(404, 409, 500), **_STORAGE})  # 500: image_corrupt
 async def get_job_image(job_id: str, request: Request) -> Response:
-    store = jobs_of(request)
-    job = store.get(job_id)
+    job = await find_job(request, job_id)
     if job.status != "succeeded":
         raise Conflict(f"job {job_id!r} is {job.status}; its image exists only once it has succeeded", param="id")
-    png = await asyncio.to_thread(store.read_image, job_id)  # a file: finished jobs hold no image in memory
+    # a file (finished jobs hold no image in memory), checked against the sha256 recorded when it was written
+    png = await asyncio.to_thread(jobs_of(request).read_image, job)
     return Response(png, media_type="image/png", headers=result_headers(job))
 
 
@@ -81,8 +92,12 @@ async def get_job_image(job_id: str, request: Request) -> Response:
                           **error_responses(404, 503)})
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Queued: removed from the queue. Running: stopped at the next denoising step. Finished: unchanged."""
-    job = jobs_of(request).get(job_id)
-    worker_of(request).cancel(job, Cancelled("cancelled by the client (DELETE)"))
+    job = await find_job(request, job_id)
+    reason = Cancelled("cancelled by the client (DELETE)")
+    if isinstance(job, RemoteJob):  # held by another process: passed on through the database, from a thread
+        await asyncio.to_thread(worker_of(request).cancel, job, reason)
+    else:
+        worker_of(request).cancel(job, reason)
     if not job.done:
         await job.wait_done(timeout=10.0)
     return job.to_dict()
@@ -97,18 +112,20 @@ def _sse(name: str, data: dict) -> bytes:
     return f"{retry}event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _event_stream(job: Job, previews: bool = False):
-    if previews:  # only the event loop touches the count; the worker thread just reads it
+async def _event_stream(job: Job | StoredJob, previews: bool = False):
+    # a finished job read back from the store (StoredJob) makes no previews: its stream is its terminal event
+    watching = previews and isinstance(job, Job)
+    if watching:  # only the event loop touches the count; the worker thread just reads it
         job.preview_watchers += 1
     try:
-        async for chunk in _events(job, previews):
+        async for chunk in _events(job, watching):
             yield chunk
     finally:
-        if previews:
+        if watching:
             job.preview_watchers -= 1
 
 
-async def _events(job: Job, previews: bool):
+async def _events(job: Job | StoredJob, previews: bool):
     state, index = job.snapshot()
     last_step, last_position, last_preview = -1, None, -1
     if state["status"] in TERMINAL:
@@ -165,10 +182,10 @@ async def _events(job: Job, previews: bool):
                 "`queued`, `running`, `progress` (and with `preview=true`, `preview`) events, then one of "
                 "`succeeded`, `failed`, `cancelled` (data: the job), or `shutdown`; the schema is one event.",
                 JOB_EVENTS),
-                       **error_responses(404, 422)},  # 422: `preview` that is not a boolean
+                       **error_responses(404, 422), **_STORAGE},  # 422: `preview` that is not a boolean
             response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request,
                      preview: bool = Query(False, description=PREVIEW_DOC)) -> StreamingResponse:
-    job = jobs_of(request).get(job_id)
+    job = await find_job(request, job_id)
     return StreamingResponse(_event_stream(job, preview), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -43,8 +43,10 @@ class Tasks(BaseModel):
 
 
 class ReadyState(BaseModel):
-    status: Literal["ready", "loading", "draining"]
+    status: Literal["ready", "loading", "draining", "storage_unavailable", "failed"]
     demo: bool | None = None
+    #: with `storage_unavailable` and `failed`: what is wrong, in words
+    reason: str | None = None
 
 
 @api.get("/api/tasks", summary="Tasks, the model and the request limits", response_model=None,
@@ -80,15 +82,27 @@ async def health() -> dict:
 
 @router.get("/ready", summary="Readiness: model loaded and taking work", response_model=None,
             responses={200: {"model": ReadyState, "description": "Ready."},
-                       503: {"model": ReadyState, "description": "Loading or draining (`status` says which).",
+                       503: {"model": ReadyState,
+                             "description": "Not taking work (`status` says why): `loading`, `draining` (shutting "
+                                            "down), `storage_unavailable` (the job store cannot be written now: "
+                                            "`reason` says why; it retries), `failed` (the worker stopped; the "
+                                            "process exits so that its supervisor restarts it).",
                              "headers": {"Retry-After": {"schema": {"type": "integer"}}}}})
 async def ready(request: Request) -> JSONResponse:
     engine = getattr(request.app.state, "engine", None)
     worker = getattr(request.app.state, "worker", None)
     if engine is None or worker is None:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+    failure = getattr(worker, "failure", None)
+    if failure is not None:
+        return JSONResponse({"status": "failed", "reason": failure}, status_code=503, headers={"Retry-After": "10"})
     if not worker.accepting:
         return JSONResponse({"status": "draining"}, status_code=503)
+    store = getattr(request.app.state, "jobs", None)
+    fault = store.fault() if store is not None else None  # memory only: no database access on the event loop
+    if fault is not None:
+        return JSONResponse({"status": "storage_unavailable", "reason": fault}, status_code=503,
+                            headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "demo": engine.is_demo})
 
 

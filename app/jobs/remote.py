@@ -41,11 +41,15 @@ class RemoteJob(Job):
             return  # forgotten by retention between two reads: nothing more will change
         self.owner = row["owner"]
         if row["record"] is not None:
+            was_step = self.step
             self._record = json.loads(row["record"])
             self.image_sha256 = row["image_sha256"]  # checked when its image is served
             self.status = self._record["status"]
             self.step = self._record.get("step", self.step)
             if publish:
+                if self.status == "succeeded" and was_step < self.total:
+                    # its last steps fell between two reads of the row: the bar ends full, as the owner's does
+                    self.publish("progress", {"step": self.total, "total": self.total})
                 self.publish(self.status, dict(self._record))
             return
         status, step = row["status"], row["step"]

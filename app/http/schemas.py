@@ -25,9 +25,9 @@ from typing import Annotated, Literal
 from annotated_types import Ge, Le, MaxLen
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from pipelines.engine import MAX_GUIDANCE, MAX_SEED
 from pipelines.errors import InvalidRequest
 from pipelines.lora.registry import MAX_LORAS_PER_REQUEST
+from pipelines.planning import MAX_GUIDANCE, MAX_SEED
 from pipelines.settings import Settings
 from pipelines.tasks import MAX_LORA_ALPHA, MIN_LORA_ALPHA
 from pipelines.types import GenerationRequest

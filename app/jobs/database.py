@@ -341,3 +341,15 @@ def _statements(script: str) -> list[str]:
             out.append(buffer)
             buffer = ""
     return out
+
+
+# the job's whole state (``cancel`` is another process's to write: never overwritten here)
+UPSERT = """
+INSERT INTO jobs (id, status, request, total, adapter, lora_scale, created_at, started_at, finished_at, attempts,
+                  record, image, image_bytes, image_sha256, owner, step, replica, preview)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,
+    finished_at=excluded.finished_at, attempts=excluded.attempts, record=excluded.record, image=excluded.image,
+    image_bytes=excluded.image_bytes, image_sha256=excluded.image_sha256, owner=excluded.owner,
+    step=excluded.step, replica=excluded.replica, preview=excluded.preview
+"""

@@ -34,94 +34,30 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from app.errors import ImageCorrupt, NotFound, StorageError
 from app.jobs import retention
-from app.jobs.database import JobDatabase, classify, describe
+from app.jobs.database import UPSERT, JobDatabase
 from app.jobs.job import Job
-from app.jobs.owners import OwnerLock, legacy_service_running, new_owner_id, owner_alive
+from app.jobs.owners import OwnerLock, new_owner_id
 from app.jobs.remote import RemoteJob
+from app.jobs.store_claims import StoreClaims
+from app.jobs.store_repair import StoreRepair, StoreUnavailable
+from app.jobs.stored_job import StoredJob
 from pipelines.errors import ConfigError
-from pipelines.types import GenerationInfo
 
 logger = logging.getLogger(__name__)
 
-RETRY_S = 0.5  # the writer thread's period: retry failed writes, notice a vanished database file
-MIN_FREE_BYTES = 16 * 1024 * 1024  # a full disk counts as "space returned" past this much free space
 #: progress (step, replica, newest preview) is written at most this often per job, for readers in other processes
 PROGRESS_EVERY_S = 0.5
 #: image files no row names are removed at start-up only when older than this: a younger one may be a file
 #: another process sharing the folder has written and not recorded yet
 ORPHAN_AGE_S = 600.0
-
-# the job's whole state (``cancel`` is another process's to write: never overwritten here)
-_UPSERT = """
-INSERT INTO jobs (id, status, request, total, adapter, lora_scale, created_at, started_at, finished_at, attempts,
-                  record, image, image_bytes, image_sha256, owner, step, replica, preview)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,
-    finished_at=excluded.finished_at, attempts=excluded.attempts, record=excluded.record, image=excluded.image,
-    image_bytes=excluded.image_bytes, image_sha256=excluded.image_sha256, owner=excluded.owner,
-    step=excluded.step, replica=excluded.replica, preview=excluded.preview
-"""
-
-
-class StoreUnavailable(Exception):
-    """A database operation failed and could not be repaired now; ``reason`` is client-safe."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class StoredJob:
-    """A finished job read back from its row: the read-only face of ``Job`` that the routes use."""
-
-    kind = "job"
-    done = True
-    stop_reason = None
-    suspended = None
-
-    def __init__(self, row: sqlite3.Row) -> None:
-        self.id: str = row["id"]
-        self.status: str = row["status"]
-        self.created_at: float = row["created_at"]
-        self.started_at: float | None = row["started_at"]
-        self.finished_at: float | None = row["finished_at"]
-        self.image_sha256: str | None = row["image_sha256"]
-        self._record: dict = json.loads(row["record"])
-        self.info = _info_from(self._record.get("info"))
-        self.replica: str | None = self._record.get("replica")  # X-Replica of the image route
-
-    def to_dict(self) -> dict:
-        return dict(self._record)
-
-    def snapshot(self) -> tuple[dict, int]:
-        return self.to_dict(), 0
-
-    def events_since(self, index: int) -> list:
-        return []
-
-    async def wait_done(self, timeout: float | None) -> bool:
-        return True
-
-
-def _info_from(data: dict | None) -> GenerationInfo | None:
-    """Tolerant of rows written by an older or newer version (fields added or removed since)."""
-    if data is None:
-        return None
-    known = {f.name for f in fields(GenerationInfo)}
-    values = {name: data.get(name) for name in known}
-    values["warnings"] = values["warnings"] or []
-    values["timings"] = values["timings"] or {}
-    return GenerationInfo(**values)
-
 
 def _row(job: Job, owner: str | None) -> tuple:
     """The job's whole state as one row (the same upsert records a new job, a change, or a job again after the
@@ -150,7 +86,7 @@ def write_file(path: Path, data: bytes) -> None:
         raise
 
 
-class JobStore:
+class JobStore(StoreRepair, StoreClaims):
     """Where ``/api/jobs/{id}`` finds a job; also the worker's journal (``accepted``/``started``/...)."""
 
     def __init__(self, data_dir: Path, *, ttl_s: float, max_kept: int, max_bytes: int) -> None:
@@ -226,90 +162,6 @@ class JobStore:
             self._owner_lock.release()
             self._owner_lock = None
 
-    # ------------------------------------------------------------------ database access, with repair
-    def _call(self, op):
-        """Run ``op(connection)``; repair what can be repaired (a vanished or damaged file) and run it again;
-        otherwise record the fault and raise ``StoreUnavailable``."""
-        with self._db_lock:
-            if self._db.conn is None:
-                raise StoreUnavailable("the job store is closed")
-            self._check_files()
-            try:
-                return op(self._db.conn)
-            except sqlite3.Error as exc:
-                kind = classify(exc)
-                if kind == "damaged" and self._repair_damaged(exc):
-                    try:
-                        return op(self._db.conn)
-                    except sqlite3.Error as again:
-                        exc, kind = again, classify(again)
-                reason = describe(kind, exc)
-                self._set_fault(reason)
-                raise StoreUnavailable(reason) from exc
-
-    def _check_files(self) -> None:
-        """Before each use: the database file is still the one at the path and still SQLite's; else it is
-        recreated (deleted), used (replaced by another process's sound file) or replaced (damaged) now: the open
-        connection would go on working while what it writes is lost at the next start."""
-        vanished = self._db.vanished()
-        overwritten = None if vanished else self._db.overwritten()
-        if vanished is None and overwritten is None:
-            return
-        try:
-            if vanished == "deleted":
-                self._db.recreate("deleted")
-            elif vanished == "replaced" and self._db.path_is_sound():
-                self._db.switch("was replaced by another file (another process sharing the folder replaced a "
-                                "damaged or deleted one)")
-            else:
-                self._db.replace("damaged", overwritten or "was replaced by a file that is not a job database")
-        except (OSError, sqlite3.Error) as exc:
-            reason = ("the job database was deleted and could not be recreated in the data folder"
-                      if vanished == "deleted" else
-                      "the job database is damaged and a new one could not be started in the data folder")
-            if self._set_fault(reason):  # logged once, not at every retry
-                logger.error("job store: the job database %s and could not be replaced: %s",
-                             vanished or overwritten, exc)
-            raise StoreUnavailable(reason) from exc
-        self._write_all_live()
-
-    def _repair_damaged(self, exc: sqlite3.Error) -> bool:
-        """True when the database works again (a fresh connection, or a new file with every job in memory)."""
-        try:
-            if not self._db.confirm_damaged():
-                self._db.reopen()
-                logger.warning("job store: the connection reported %s but the file reads fine; reconnected", exc)
-                return True
-            self._db.replace("damaged", f"is damaged ({exc})")
-        except (OSError, sqlite3.Error) as again:
-            logger.error("job store: the job database is damaged (%s) and could not be replaced: %s", exc, again)
-            return False
-        self._write_all_live()
-        return True
-
-    def _write_all_live(self) -> None:
-        """After the database was replaced: every job in memory gets its row again (in submission order); if that
-        fails too, they all wait for the writer thread."""
-        with self._mem:
-            jobs = sorted(self._live.values(), key=lambda j: j.created_at)
-        try:
-            self._db.conn.executemany(_UPSERT, [self._row(j) for j in jobs])
-        except sqlite3.Error as exc:
-            logger.error("job store: could not write the %d job(s) in memory into the new database (%s); retrying",
-                         len(jobs), exc)
-            with self._mem:
-                for job in jobs:
-                    self._changes += 1
-                    self._dirty[job.id] = self._changes
-            return
-        with self._mem:
-            self._dirty.clear()
-            for job in jobs:
-                if job.done or job.id in self._released:
-                    self._forget(job.id)
-        if jobs:
-            logger.info("job store: wrote the %d job(s) held in memory into the new database", len(jobs))
-
     def _row(self, job: Job) -> tuple:
         return _row(job, None if job.id in self._released else self.owner)
 
@@ -319,31 +171,6 @@ class JobStore:
         self._released.discard(job_id)
         self._progress_at.pop(job_id, None)
 
-    def _set_fault(self, reason: str) -> bool:
-        """Record why the store fails; True (and one log line) when it was working until now."""
-        with self._mem:
-            first, self._fault = self._fault is None, reason
-        if first:
-            logger.error("job store: %s; jobs stay in memory and their updates are retried every %gs", reason,
-                         RETRY_S)
-        self._wake.set()
-        return first
-
-    def _clear_fault(self) -> None:
-        with self._mem:
-            was, self._fault = self._fault, None
-        if was is not None:
-            logger.warning("job store: writable again (was: %s)", was)
-
-    def fault(self) -> str | None:
-        """Why the store cannot keep its promise now (``/ready`` answers 503 with it), or None."""
-        with self._mem:
-            if self._fault is not None:
-                return self._fault + (f"; {len(self._dirty)} job update(s) wait to be written" if self._dirty else "")
-        if self._writer is not None and not self._writer.is_alive() and not self._stop.is_set():
-            return "the job store's writer thread stopped"
-        return None
-
     # ------------------------------------------------------------------ the worker's journal
     def accepted(self, job: Job) -> None:
         """Persist a new job before it enters the queue: once the client has its 202, a restart keeps it.
@@ -352,7 +179,7 @@ class JobStore:
             if job.id in self._live:
                 return
         try:
-            self._call(lambda db: db.execute(_UPSERT, self._row(job)))
+            self._call(lambda db: db.execute(UPSERT, self._row(job)))
         except StoreUnavailable as exc:
             logger.error("job store: could not record job %s: %s", job.id, exc.reason)
             raise StorageError(f"the job could not be saved ({exc.reason}); it was not queued") from None
@@ -442,113 +269,6 @@ class JobStore:
             self._wake.set()
             return
         self._flush()
-
-    def _flush(self) -> bool:
-        """Write every pending job state in order; True when none is left. Finished jobs leave memory once
-        written; retention runs after."""
-        with self._mem:
-            pending = [(self._live[i], n) for i, n in self._dirty.items() if i in self._live]
-        if not pending:
-            return True
-        try:
-            for job, change in pending:
-                self._call(lambda db, job=job: db.execute(_UPSERT, self._row(job)))
-                with self._mem:
-                    if self._dirty.get(job.id) == change:  # not changed again meanwhile
-                        del self._dirty[job.id]
-                        if job.done or job.id in self._released:
-                            self._forget(job.id)
-        except StoreUnavailable:
-            return False
-        self._clear_fault()
-        self.prune()
-        return True
-
-    def _write_loop(self) -> None:
-        """Retry pending writes, notice a vanished database file, clear a fault once the store works again."""
-        while not self._stop.is_set():
-            self._wake.wait(RETRY_S)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                with self._mem:
-                    dirty, fault = bool(self._dirty), self._fault
-                if dirty:
-                    self._flush()
-                elif fault is not None:
-                    self._probe()
-                else:
-                    self._call(lambda db: None)  # checks that the file is still there (and recreates it)
-            except StoreUnavailable:
-                pass
-            except Exception:  # noqa: BLE001 - a bug here must not stop the retries
-                logger.exception("job store: writer thread error")
-
-    def _probe(self) -> None:
-        """Nothing pending but a fault recorded: is the database writable (and the disk not full) again?"""
-        def can_write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock, as a write would
-            db.execute("ROLLBACK")
-
-        self._call(can_write)
-        if shutil.disk_usage(self.data_dir).free < MIN_FREE_BYTES:
-            return
-        self._clear_fault()
-
-    # ------------------------------------------------------------------ sharing the folder
-    def owner_alive(self, owner: str | None) -> bool:
-        if owner is None:
-            return False
-        return owner == self.owner or owner_alive(self.data_dir, owner)
-
-    def claim_orphans(self) -> list[sqlite3.Row]:
-        """Take over the unfinished jobs whose owner is gone or let them go, in submission order; each row is
-        claimed with one conditional UPDATE, so of several processes looking at once exactly one gets it. None
-        while the database cannot be used (the next pass tries again)."""
-        try:
-            rows = self._call(lambda db: db.execute(
-                "SELECT * FROM jobs WHERE record IS NULL AND (owner IS NULL OR owner != ?) ORDER BY seq",
-                (self.owner,)).fetchall())
-        except StoreUnavailable:
-            return []
-        alive: dict[str | None, bool] = {}
-        claimed = []
-        for row in rows:
-            owner = row["owner"]
-            if owner not in alive:
-                alive[owner] = legacy_service_running(self.data_dir) if owner is None else self.owner_alive(owner)
-            if alive[owner] or not self.claim(row["id"], owner):
-                continue
-            claimed.append(self.row(row["id"]))
-        return [r for r in claimed if r is not None]
-
-    def claim(self, job_id: str, previous_owner: str | None) -> bool:
-        """Make an unfinished job this store's, if it still belongs to ``previous_owner`` (no one else took it)."""
-        try:
-            return self._call(lambda db: db.execute(
-                "UPDATE jobs SET owner=? WHERE id=? AND owner IS ? AND record IS NULL",
-                (self.owner, job_id, previous_owner)).rowcount) == 1
-        except StoreUnavailable:
-            return False
-
-    def request_cancel(self, job_id: str, message: str) -> None:
-        """A DELETE for a job another live process runs: its owner reads this (``cancel_requests``) and stops it."""
-        try:
-            self._call(lambda db: db.execute("UPDATE jobs SET cancel=? WHERE id=? AND record IS NULL",
-                                             (message, job_id)))
-        except StoreUnavailable as exc:
-            raise StorageError(f"job {job_id!r} runs in another process and the cancellation could not be passed "
-                               f"on now ({exc.reason}); retry later", param="id") from None
-
-    def cancel_requests(self) -> list[tuple[str, str]]:
-        """(job id, message) of this store's unfinished jobs that a DELETE in another process asked to stop."""
-        try:
-            return self._call(lambda db: [(r["id"], r["cancel"]) for r in db.execute(
-                "SELECT id, cancel FROM jobs WHERE owner=? AND cancel IS NOT NULL AND record IS NULL",
-                (self.owner,))])
-        except StoreUnavailable:
-            return []
 
     def row(self, job_id: str) -> sqlite3.Row | None:
         """A job's row (None: no such row, or the database cannot be read now)."""

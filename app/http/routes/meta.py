@@ -55,7 +55,7 @@ class ReadyState(BaseModel):
 async def list_tasks(request: Request) -> dict:
     engine = engine_of(request)
     s = engine.settings  # the limits `engine.plan` enforces
-    from pipelines.engine import MAX_GUIDANCE  # the engine module is imported by now; keep the bound in one place
+    from pipelines.planning import MAX_GUIDANCE  # keep the bound in one place
 
     return {
         "model": engine.source.label,

@@ -149,14 +149,31 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"{what} not met within {timeout:g}s")
+
+
+TERMINAL_EVENTS = ("succeeded", "failed", "cancelled")
+
+
+def read_events(url: str, out: list, timeout: float = 120, until_terminal: bool = True) -> None:
+    """Follow a server-sent event stream at ``url``, appending each (event name, data) to ``out``; returns after
+    a terminal job event (``until_terminal``) or when the server ends the stream."""
+    name = None
+    with httpx.stream("GET", url, timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                out.append((name, json.loads(line[6:])))
+                if until_terminal and name in TERMINAL_EVENTS:
+                    return
 
 
 class StepDelay:

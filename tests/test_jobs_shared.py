@@ -15,8 +15,6 @@ import sys
 import threading
 import time
 
-import httpx
-
 from app.jobs import JobStore, pending_jobs
 from app.jobs.job import Job
 from app.jobs.remote import RemoteJob
@@ -24,7 +22,7 @@ from app.jobs.sharing import cancel_elsewhere
 from pipelines.errors import Cancelled
 from pipelines.types import GenerationRequest
 from tests.conftest import make_settings
-from tests.http_support import ROOT, SMALL, LiveServer, wait_until
+from tests.http_support import ROOT, SMALL, LiveServer, read_events, wait_until
 
 
 def a_job(seed: int = 1) -> Job:
@@ -114,18 +112,7 @@ def test_a_job_store_written_by_the_previous_version_is_upgraded_and_its_jobs_re
 
 
 def _events(url: str, job_id: str, out: list) -> threading.Thread:
-    def run():
-        name = None
-        with httpx.stream("GET", f"{url}/api/jobs/{job_id}/events", timeout=60) as r:
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    out.append((name, json.loads(line[6:])))
-                    if name in ("succeeded", "failed", "cancelled"):
-                        return
-
-    t = threading.Thread(target=run)
+    t = threading.Thread(target=read_events, args=(f"{url}/api/jobs/{job_id}/events", out, 60))
     t.start()
     return t
 

@@ -15,7 +15,6 @@ on), used in this order, each test leaving the head as the next one expects:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -31,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.http_support import ROOT, TEST_TASKS, _free_port
+from tests.http_support import ROOT, TEST_TASKS, _free_port, read_events, wait_until
 from tests.ray_head import SERVE, RayHead
 
 pytestmark = pytest.mark.timeout(900)
@@ -49,13 +48,7 @@ def head():
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout:g}s")
+    return wait_until(predicate, timeout, interval, what)
 
 
 def _ready(url: str) -> bool:
@@ -269,16 +262,7 @@ def test_serve_ray_starts_a_private_instance_and_sigterm_drains_it(head, deploye
         queued_job = httpx.post(url + "/api/jobs", data={"prompt": "q", **SMALL}, timeout=30).json()["id"]
         events: list = []
 
-        def follow():
-            name = None
-            with httpx.stream("GET", f"{url}/api/jobs/{queued_job}/events", timeout=300) as s:
-                for line in s.iter_lines():
-                    if line.startswith("event: "):
-                        name = line[7:]
-                    elif line.startswith("data: "):
-                        events.append((name, json.loads(line[6:])))
-
-        reader = threading.Thread(target=follow)
+        reader = threading.Thread(target=read_events, args=(f"{url}/api/jobs/{queued_job}/events", events, 300))
         reader.start()
         _wait(lambda: events, 30, "the job's stream")
         ours = psutil.Process(server.proc.pid).children(recursive=True)

@@ -11,7 +11,6 @@ tests/test_ray_operations.py.
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.http_support import read_events
 
 SMALL = {"width": "64", "height": "64", "num_inference_steps": "2"}
 
@@ -119,15 +120,7 @@ def test_job_progress_events_and_cancel_through_ray(cluster):
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         events = []
-        with httpx.stream("GET", f"{cluster.url}/api/jobs/{job_id}/events?preview=true", timeout=60) as stream:
-            name = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[6:])))
-                    if name in ("succeeded", "failed", "cancelled"):
-                        break
+        read_events(f"{cluster.url}/api/jobs/{job_id}/events?preview=true", events, timeout=60)
         names = [n for n, _ in events]
         assert names[-1] == "succeeded", events
         assert [d["step"] for n, d in events if n == "progress"][-1] == 3
@@ -200,15 +193,7 @@ def test_client_disconnect_stops_the_work_on_the_replica(cluster):
 
 
 def _follow(cluster, job_id: str, events: list) -> None:
-    name = None
-    with httpx.stream("GET", f"{cluster.url}/api/jobs/{job_id}/events", timeout=180) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-                if name in ("succeeded", "failed", "cancelled"):
-                    return
+    read_events(f"{cluster.url}/api/jobs/{job_id}/events", events, timeout=180)
 
 
 def test_replicas_killed_mid_request_are_survived(cluster):

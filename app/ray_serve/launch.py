@@ -33,6 +33,7 @@ from pipelines.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 APP_NAME = "flux"
+INGRESS_NAME = "FluxIngress"
 #: Ray's resource that only the head node has (Ray schedules its own singletons on it this way)
 HEAD_NODE = "node:__internal_head__"
 #: seconds beyond FLUX_SHUTDOWN_GRACE_S that Ray Serve gives a stopping replica before it kills it
@@ -88,7 +89,7 @@ def build_application(args: dict | None, settings, extend_app=None, cluster_gpus
     ).bind(settings)
     # on the head node: every ingress, and the next one of a redeploy, opens the same job store (SQLite in WAL
     # mode, which works only among processes of one host; app/jobs/owners.py)
-    ingress = serve.deployment(FluxIngress, name="FluxIngress", num_replicas=ingresses, max_ongoing_requests=1000,
+    ingress = serve.deployment(FluxIngress, name=INGRESS_NAME, num_replicas=ingresses, max_ongoing_requests=1000,
                                ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
                                graceful_shutdown_timeout_s=stop_s, logging_config={"log_level": "INFO"})
     return ingress.bind(engine, settings, extend_app)

@@ -15,7 +15,8 @@ processes behind. What happens now, on the first SIGTERM or SIGINT:
    ``REAP_S``). A joined cluster is only left.
 Exit status 0 (1 when the application failed to start: the replica's error is logged, then the same
 clean-up). A second signal stops the running images at once (their next step). A signal during start-up
-stops it and cleans up the same way.
+stops it and cleans up the same way; but once the ingress runs (Serve's ``serve.run`` returns a poll interval or
+more after the app already answers and takes jobs), it is drained first, as after start-up.
 """
 
 from __future__ import annotations
@@ -84,7 +85,12 @@ def serve_forever(settings, replicas: int, *, setup_hook: str | None = None, ext
                 pass
             _drain(settings.shutdown_grace_s, signals)
     except _StartInterrupted as exc:
-        logger.info("shutdown (%s) during start-up: stopping", exc)
+        signals.serving = True  # a further signal now hurries the drain, as after start-up
+        if _ingress_running():  # Serve's start-up returns a poll or more after the app answers: it took work
+            logger.info("shutdown (%s) as start-up ended; the service already answers: draining it", exc)
+            _drain(settings.shutdown_grace_s, signals)
+        else:
+            logger.info("shutdown (%s) during start-up: stopping", exc)
     finally:
         signals.serving = True  # a further signal now only hurries the steps below
         _stop(private)
@@ -96,6 +102,20 @@ def _last_line(exc: BaseException) -> str:
     """Serve wraps a replica's start-up error in its traceback; the last line names the error and says why."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+def _ingress_running() -> bool:
+    """Whether a replica of our ingress runs: it may have accepted requests and jobs, which must be drained."""
+    from ray import serve
+
+    from app.ray_serve.launch import APP_NAME, INGRESS_NAME
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - Serve not started yet: nothing of ours answers
+        return False
+    ingress = app.deployments.get(INGRESS_NAME) if app is not None else None
+    return bool(ingress is not None and ingress.replica_states.get("RUNNING", 0))
 
 
 def _drain(grace_s: float, signals: _Signals) -> None:

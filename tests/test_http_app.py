@@ -153,3 +153,40 @@ def test_root_serves_the_web_page_and_its_assets(make_client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
         assert c.get(asset).status_code == 200, asset
+
+
+def test_a_slow_prompt_stage_does_not_stall_the_other_requests(make_client, engine, monkeypatch):
+    """A translation model (``models/translator``) takes hundreds of milliseconds per new prompt on a CPU. The
+    prompt stage runs while a request is planned; planned on the event loop, it stalled every other request
+    (``/health``, ``/ready``, event streams) meanwhile. Here the stage blocks until the test lets it go: with
+    planning off the loop, ``/health`` answers in the meantime."""
+    import threading
+
+    c = make_client()
+    entered, release = threading.Event(), threading.Event()
+    apply = engine.prompt_stage.apply
+
+    def slow_apply(prompt, mode):
+        if prompt == "slow to translate":
+            entered.set()
+            release.wait(30)
+        return apply(prompt, mode)
+
+    monkeypatch.setattr(engine.prompt_stage, "apply", slow_apply)
+    posted: dict = {}
+    poster = threading.Thread(target=lambda: posted.update(r=c.post("/api/jobs", data={"prompt": "slow to translate",
+                                                                                       **SMALL})))
+    poster.start()
+    try:
+        assert entered.wait(30), "the job was never planned"
+        health: dict = {}
+        getter = threading.Thread(target=lambda: health.update(r=c.get("/health")), daemon=True)
+        getter.start()
+        getter.join(10)
+        answered_meanwhile = "r" in health
+    finally:
+        release.set()
+        poster.join(60)
+    assert answered_meanwhile, "/health waited for another request's prompt stage"
+    assert health["r"].status_code == 200
+    assert posted["r"].status_code == 202, posted["r"].text

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.http_support import LiveServer, shared_server
+from tests.http_support import LiveServer, metric, shared_server
 
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 1.0, 1.5
 ALLOWED_ORIGIN = "http://a.example"
@@ -42,3 +42,8 @@ def hardened_server() -> LiveServer:
     return shared_server("hardening", FLUX_MODELS_DIR=str(models), FLUX_MODEL_PATH=str(models / MODEL_LABEL),
                          FLUX_CORS_ORIGINS=ALLOWED_ORIGIN, FLUX_ALLOWED_HOSTS=ALLOWED_HOSTS, FLUX_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
                          FLUX_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))
+
+
+def generations(client) -> float:
+    """Images generated so far (``/metrics``): a request refused "before any work" leaves it unchanged."""
+    return metric(client.get("/metrics").text, "flux_generation_seconds_count")

@@ -15,8 +15,8 @@ import pytest
 
 from pipelines.model_source import ModelSource
 from tests.hardening_support import ALLOWED_ORIGIN as ALLOWED
-from tests.hardening_support import MODEL_LABEL, hardened_server, user_models_dir
-from tests.http_support import SMALL, SMALL_JSON, metric, png_info
+from tests.hardening_support import MODEL_LABEL, generations, hardened_server, user_models_dir
+from tests.http_support import SMALL, SMALL_JSON, png_info
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,9 @@ def server():
     return hardened_server()
 
 
-@pytest.fixture()
-def client(server):
-    with server.client() as c:
-        yield c
-
-
-def _generations(client) -> float:
-    return metric(client.get("/metrics").text, "flux_generation_seconds_count")
-
-
 # ---------------------------------------------------------------- Origin
 def test_cross_origin_form_post_is_refused_with_403_before_any_work(client):
-    before = _generations(client)
+    before = generations(client)
     r = client.post("/api/generate-image", data={"prompt": "csrf", **SMALL},
                     headers={"Origin": "http://evil.example"})
     assert r.status_code == 403
@@ -49,7 +39,7 @@ def test_cross_origin_form_post_is_refused_with_403_before_any_work(client):
     assert err["type"] == "forbidden_origin" and "http://evil.example" in err["message"]
     assert "FLUX_CORS_ORIGINS" in err["message"]
     assert "access-control-allow-origin" not in r.headers
-    assert _generations(client) == before
+    assert generations(client) == before
 
 
 def test_cross_origin_job_submission_and_null_origin_are_refused(client):

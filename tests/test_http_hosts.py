@@ -13,8 +13,8 @@ import socket
 
 import pytest
 
-from tests.hardening_support import hardened_server
-from tests.http_support import SMALL_JSON, metric
+from tests.hardening_support import generations, hardened_server
+from tests.http_support import SMALL_JSON
 
 
 @pytest.fixture(scope="module")
@@ -22,26 +22,16 @@ def server():
     return hardened_server()
 
 
-@pytest.fixture()
-def client(server):
-    with server.client() as c:
-        yield c
-
-
-def _generations(client) -> float:
-    return metric(client.get("/metrics").text, "flux_generation_seconds_count")
-
-
 def test_rebound_name_with_its_own_origin_is_refused_with_400_before_any_work(client, server):
     evil = f"evil.example:{server.port}"
-    before = _generations(client)
+    before = generations(client)
     r = client.post("/api/jobs", json={"prompt": "rebinding", **SMALL_JSON},
                     headers={"Host": evil, "Origin": f"http://{evil}"})
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_host" and err["param"] == "Host"
     assert evil in err["message"] and "FLUX_ALLOWED_HOSTS" in err["message"]
-    assert _generations(client) == before
+    assert generations(client) == before
     for path in ("/", "/api/tasks", "/openapi.json", "/static/app.js"):  # a rebound page must read nothing either
         assert client.get(path, headers={"Host": evil}).status_code == 400, path
 

@@ -7,6 +7,7 @@ copy of the demo LoRA, with a task table registering both; one engine per strate
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,13 +56,17 @@ def _film_look(transformer, path, seed: int = 11) -> None:
     save_file(sd, str(path))
 
 
-@pytest.fixture(scope="module")
-def models(engine, tmp_path_factory):
-    root = tmp_path_factory.mktemp("multi") / "models"
+def write_models(engine, root: Path) -> Path:
+    """A models folder with the demo's host_person, a film_look style LoRA and ``TASKS`` (also the Ray tests')."""
     shutil.copytree(engine.source.models_root / "lora" / "host_person", root / "lora" / "host_person")
     _film_look(engine.pipe.transformer, root / "lora" / "film_look" / "pytorch_lora_weights.safetensors")
     (root / "tasks.toml").write_text(TASKS, encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="module")
+def models(engine, tmp_path_factory):
+    return write_models(engine, tmp_path_factory.mktemp("multi") / "models")
 
 
 def _engine(engine, models, adapters: str):

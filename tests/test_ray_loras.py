@@ -8,7 +8,6 @@ cluster is needed for them (tests/test_ray_serve.py runs the replicas themselves
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import numpy as np
@@ -18,16 +17,12 @@ from app.jobs.job import Job
 from app.ray_serve.lora_lru import LoraLru, files_of, lora_set_id
 from tests.conftest import make_settings
 from tests.engine_helpers import request
-from tests.test_engine_multi_lora import TASKS, _film_look
+from tests.test_engine_multi_lora import write_models
 
 
 @pytest.fixture(scope="module")
 def models(engine, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray-loras") / "models"
-    shutil.copytree(engine.source.models_root / "lora" / "host_person", root / "lora" / "host_person")
-    _film_look(engine.pipe.transformer, root / "lora" / "film_look" / "pytorch_lora_weights.safetensors")
-    (root / "tasks.toml").write_text(TASKS, encoding="utf-8")
-    return root
+    return write_models(engine, tmp_path_factory.mktemp("ray-loras") / "models")
 
 
 @pytest.fixture(scope="module")
